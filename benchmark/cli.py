@@ -1,0 +1,99 @@
+"""Command line: ``python -m benchmark {run,list,train-tokenizer,collect}``.
+
+    python -m benchmark run --methods flowar                      # tiny preset, CPU friendly
+    python -m benchmark run --methods flowar --preset smoke train.steps=50
+    python -m benchmark list
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from benchmark.config import ConfigError, load_config, preset_path, PRESET_DIR
+from methods.registry import DATASETS, METHODS, TOKENIZERS, UnknownNameError, lookup, names
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="config preset in benchmark/configs (default: tiny)")
+    p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.steps=500")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train, sample and evaluate methods; update results/")
+    run.add_argument("--methods", nargs="+", required=True, help="registered method names (see `list`)")
+    run.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the config's seed)")
+    _common(run)
+    tok = sub.add_parser("train-tokenizer", help="train (or load) the tokenizer a method uses; cached")
+    tok.add_argument("--method", default="flowar", help="the method whose tokenizer to train")
+    _common(tok)
+    sub.add_parser("list", help="list registered methods, tokenizers, datasets and presets")
+    col = sub.add_parser("collect", help="rebuild the leaderboard and plots from the records")
+    col.add_argument("--results", default="results")
+    return p
+
+
+def cmd_list() -> int:
+    for title, reg in (("methods", METHODS), ("tokenizers", TOKENIZERS), ("datasets", DATASETS)):
+        print(f"{title}: {', '.join(names(reg))}")
+    print(f"presets: {', '.join(sorted(p.stem for p in PRESET_DIR.glob('*.yaml')))}")
+    return 0
+
+
+def split_overrides(args) -> None:
+    """`--methods flowar var train.steps=5`: argparse gives the overrides to --methods."""
+    if getattr(args, "methods", None):
+        args.overrides = [m for m in args.methods if "=" in m] + args.overrides
+        args.methods = [m for m in args.methods if "=" not in m]
+
+
+def cmd_run(args) -> int:
+    from jobs.sweep import collect, make_jobs, run_inline
+    for m in args.methods:  # fail before any work
+        lookup(METHODS, m)
+    cfg = load_config(args.preset, args.overrides)
+    jobs = make_jobs(cfg, args.methods, args.seeds or [cfg.seed])
+    start = time.time()
+    records = run_inline(jobs)
+    frame = collect(cfg.paths.results)
+    print(f"\n{len(records)} job(s) finished in {time.time() - start:.0f}s; records: "
+          + ", ".join(str(r) for r in records))
+    cols = [c for c in ("method", "seed", "class_consistency", "classifier_fd", "ref_classifier_acc_real",
+                        "ref_classifier_acc_recon", "ref_untrained_class_consistency", "ref_untrained_classifier_fd",
+                        "throughput_img_s", "params_m") if c in frame.columns]
+    if len(frame):
+        print(frame[frame.preset == cfg.preset][cols].to_string(index=False))
+    print(f"leaderboard: {cfg.paths.results}/leaderboard.csv")
+    return 0
+
+
+def cmd_train_tokenizer(args) -> int:
+    from benchmark import stages
+    lookup(METHODS, args.method)
+    cfg = load_config(args.preset, args.overrides)
+    out = stages.train_tokenizer(cfg, args.method)
+    print((out / "tokenizer.json").read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    split_overrides(args)
+    try:
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "train-tokenizer":
+            return cmd_train_tokenizer(args)
+        if args.command == "collect":
+            from jobs.sweep import collect
+            print(collect(args.results).to_string(index=False))
+            return 0
+    except (ConfigError, UnknownNameError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1

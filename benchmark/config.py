@@ -1,0 +1,208 @@
+"""Run configuration: typed sections, YAML presets, CLI dotlist overrides, strict validation.
+
+A run's config is built in three layers, each merged onto an omegaconf structured schema so
+that an unknown key or a wrongly typed value fails before any work:
+
+    schema (the dataclasses below + each registered method's / tokenizer's Config)
+      <- preset YAML (benchmark/configs/<preset>.yaml)
+      <- CLI overrides (``train.steps=500 data.resolution=32 flowar.encoder_depth=4``)
+
+Defaults live in the dataclasses only. Derived values (latent size, scale list) come from
+functions, never from the config.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from methods.registry import DATASETS, METHODS, TOKENIZERS, load_builtins, lookup, names
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names the key and what is allowed."""
+
+
+def check_choice(key: str, value: Any, allowed) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+
+
+def check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value!r} is out of range; it must be {bound}")
+
+
+def check_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key}={value!r} is out of range; it must be in [{low}, {high}]")
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"
+    resolution: int = 32          # training resolution in pixels
+    num_classes: int = 8
+    variant: str = "easy"          # shapes: easy | hard (smaller shapes, gradient backgrounds)
+    train_size: int = 20000        # images in the training split (shapes renders this many)
+    root: Optional[str] = None     # imagefolder: folder with one sub-folder per class
+
+    def check(self, key: str) -> None:
+        check_choice(f"{key}.name", self.name, names(DATASETS))
+        check_choice(f"{key}.resolution", self.resolution, [16, 32, 64, 128, 256, 512])
+        check_positive(f"{key}.train_size", self.train_size)
+        check_choice(f"{key}.variant", self.variant, ["easy", "hard"])
+        if self.name == "shapes":
+            check_range(f"{key}.num_classes", self.num_classes, 2, 8)
+        if self.name == "imagefolder" and not self.root:
+            raise ConfigError(f"{key}.root is not set; imagefolder needs data.root=/path/to/folder")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.02
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 3.0
+    ema_rate: float = 0.999
+    checkpoint_every: int = 500
+    log_every: int = 25
+    autocast: str = "auto"         # auto (bf16 on CUDA, off on CPU) | bf16 | off
+
+    def check(self, key: str) -> None:
+        for name in ("steps", "batch_size", "lr", "checkpoint_every", "log_every"):
+            check_positive(f"{key}.{name}", getattr(self, name))
+        check_positive(f"{key}.warmup_steps", self.warmup_steps, allow_zero=True)
+        check_positive(f"{key}.grad_clip", self.grad_clip, allow_zero=True)
+        check_range(f"{key}.ema_rate", self.ema_rate, 0.0, 1.0)
+        check_choice(f"{key}.autocast", self.autocast, ["auto", "bf16", "off"])
+
+
+@dataclass
+class EvalConfig:
+    samples_per_class: int = 100   # generated images per class
+    batch_size: int = 100          # sampling batch size (also the throughput batch size)
+    reference_size: int = 2000     # real images for the reference statistics
+    classifier_steps: int = 600    # shapes domain classifier: training steps (cached)
+    floor: bool = True             # also evaluate the untrained model (the floor)
+    grid_per_class: int = 8        # images per class row in the sample grid
+
+    def check(self, key: str) -> None:
+        for name in ("samples_per_class", "batch_size", "reference_size", "classifier_steps", "grid_per_class"):
+            check_positive(f"{key}.{name}", getattr(self, name))
+
+
+@dataclass
+class PathsConfig:
+    runs: str = "runs"             # run directories (checkpoints, samples, records); not in git
+    cache: str = "cache"           # trained tokenizers, classifiers, latents, keyed by config hash
+    results: str = "results"       # leaderboard, plots, grids (checked in)
+
+
+@dataclass
+class RunConfig:
+    preset: str = "tiny"
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda | cuda:N
+    threads: int = 0               # torch CPU threads; 0 = torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def check(self, key: str = "") -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+        check_positive("threads", self.threads, allow_zero=True)
+
+
+def schema() -> DictConfig:
+    """The full schema: the run sections plus one section per registered tokenizer and method
+    (named after it, typed by its ``Config`` dataclass)."""
+    load_builtins()
+    extra = [(name, lookup(registry, name).Config, field(default_factory=lookup(registry, name).Config))
+             for registry in (TOKENIZERS, METHODS) for name in names(registry)]
+    full = make_dataclass("FullConfig", extra, bases=(RunConfig,))
+    cfg = OmegaConf.structured(full)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def preset_path(preset: str) -> Path:
+    path = PRESET_DIR / f"{preset}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"preset={preset!r} is unknown; choose one of: {', '.join(available)}")
+    return path
+
+
+def _explain(err: OmegaConfBaseException, base: DictConfig) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) or "not in struct" in str(err) or "Key '" in str(err):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        hint = f" Did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
+        return ConfigError(f"unknown config key '{key}'. Valid keys here: {', '.join(valid)}.{hint}")
+    msg = str(err).splitlines()[0]
+    return ConfigError(f"bad value for config key '{key}': {msg}")
+
+
+def load_config(preset: str = "tiny", overrides: list[str] | None = None) -> DictConfig:
+    """Schema <- preset <- overrides, validated. Raises ConfigError naming the bad key."""
+    base = schema()
+    try:
+        cfg = OmegaConf.merge(base, OmegaConf.load(preset_path(preset)))
+        cfg.preset = preset
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=500)")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+    except OmegaConfBaseException as err:
+        raise _explain(err, base) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Instantiate every section (type checks) and run its range/choice checks."""
+    try:
+        run = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _explain(err, cfg) from None
+    run.check()
+    for f in fields(run):
+        value = getattr(run, f.name)
+        if is_dataclass(value) and hasattr(value, "check"):
+            value.check(f.name)
+
+
+def section(cfg: DictConfig, key: str):
+    """A section as its typed dataclass (what models and stages receive)."""
+    return OmegaConf.to_object(cfg[key])
+
+
+def config_hash(obj: Any, length: int = 10) -> str:
+    """Stable hash of a config (or part of one): the cache key for every stage."""
+    if isinstance(obj, DictConfig):
+        obj = OmegaConf.to_container(obj, resolve=True)
+    elif is_dataclass(obj):
+        obj = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

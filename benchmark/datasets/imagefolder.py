@@ -1,0 +1,56 @@
+"""`imagefolder`: an ImageNet-style folder (one sub-folder per class) with the ADM centre crop."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+from methods.registry import DATASETS
+
+
+def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
+    """ADM's centre crop (guided-diffusion image_datasets.py): halve with a box filter while
+    the short side is at least twice the target, bicubic-resize the short side to ``size``,
+    then crop the centre. Reference statistics use the same crop."""
+    while min(*image.size) >= 2 * size:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+    scale = size / min(*image.size)
+    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+    arr = np.array(image)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return Image.fromarray(arr[top: top + size, left: left + size])
+
+
+@DATASETS.register_module("imagefolder")
+class ImageFolder(torch.utils.data.Dataset):
+    def __init__(self, root: str, resolution: int = 256, split: str = "train", **unused):
+        path = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
+        if not path.is_dir():
+            raise FileNotFoundError(f"imagefolder: {path} is not a folder; set data.root to a folder with one "
+                                    "sub-folder of images per class (optionally under train/ and val/)")
+        self.folder = torchvision.datasets.ImageFolder(str(path))
+        if len(self.folder) == 0:
+            raise FileNotFoundError(f"imagefolder: no images found under {path}")
+        self.resolution, self.split = resolution, split
+        self.num_classes = len(self.folder.classes)
+        self.class_names = tuple(self.folder.classes)
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def load(self, index: int, resolution: int | None = None) -> tuple[torch.Tensor, int]:
+        path, label = self.folder.samples[index]
+        img = center_crop_arr(Image.open(path).convert("RGB"), resolution or self.resolution)
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
+        return x, label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.load(index)
+
+    def render(self, indices, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same contract as shapes: a batch of images (B, 3, H, W) in [-1, 1] and labels."""
+        items = [self.load(int(i) % len(self), resolution) for i in np.asarray(indices).reshape(-1)]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])

@@ -1,0 +1,1 @@
+"""Evaluation metrics: generic image metrics and dataset-specific domain evaluators."""

@@ -1,0 +1,317 @@
+"""Domain evaluator for the `shapes` dataset: a small CNN that judges generated samples.
+
+Inception features know nothing about eight flat shapes on a plain background, so for
+`shapes` the benchmark trains its own classifier once on real renders, caches it on disk and
+reports two metrics with it:
+
+* `class_consistency` — the share of class-conditional samples that the classifier assigns
+  to the class they were generated for;
+* `classifier_fd` — the Fréchet distance between Gaussian fits of the classifier's
+  penultimate features on generated and on real images (an FID-like score in *this*
+  classifier's feature space, not Inception FID; values are not comparable with FID).
+
+The classifier is trained with heavy blur, resampling, colour and noise augmentation so that it
+judges *shape*: a slightly blurry but correct circle still counts as a circle, and the metrics
+measure whether a generator got the class right, not how sharp its tokenizer is.
+
+Accuracy on real held-out images is `accuracy_on_real(model, dataset)`, i.e. `predict` on the
+dataset's "test" split followed by an argmax; `load_or_train_classifier` records it in the JSON
+sidecar of every cached model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from benchmark.datasets.shapes import Shapes
+
+# Bump whenever the architecture, augmentations or training recipe change, so that stale
+# cached classifiers are never reused.
+CLASSIFIER_VERSION = 1
+
+KEY_CLASS_CONSISTENCY = "class_consistency"
+KEY_CLASSIFIER_FD = "classifier_fd"
+
+
+# --------------------------------------------------------------------------- model
+
+def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    # GroupNorm instead of BatchNorm: no running statistics, so train and eval behave the same
+    # and a batch of odd generated samples cannot shift the normalisation.
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.GroupNorm(8, c_out), nn.SiLU())
+
+
+class ShapeClassifier(nn.Module):
+    """Small CNN for (B, 3, H, W) images in [-1, 1].
+
+    Inputs of any size are first resized (antialiased) to `input_size`: the classes differ by
+    shape alone, which is fully visible at 32 px, so a fixed working size keeps the network
+    cheap and its receptive field equal at every resolution.
+    """
+
+    def __init__(self, num_classes: int = 8, widths: tuple[int, ...] = (24, 48, 96, 128),
+                 strides: tuple[int, ...] = (2, 2, 2, 1), feature_dim: int = 128, input_size: int = 32):
+        super().__init__()
+        self.num_classes, self.input_size = num_classes, input_size
+        # Striding from the first layer keeps it cheap (32 -> 4 px): 3x3 kernels at stride 2
+        # still see every pixel, and the shapes are 15-25 px wide.
+        chans = (3, *widths)
+        self.body = nn.Sequential(*(_conv_block(c_in, c_out, s) for c_in, c_out, s in zip(chans[:-1], chans[1:], strides)))
+        self.fc = nn.Linear(widths[-1], feature_dim)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (B, feature_dim), the space `frechet_distance` works in."""
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        return F.silu(self.fc(self.body(x).mean(dim=(2, 3))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+# --------------------------------------------------------------------------- augmentation
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image with its own Gaussian `sigma` (B,) in pixels (separable, reflect-padded)."""
+    B, C, H, W = x.shape
+    radius = max(1, min(math.ceil(3 * float(sigma.max())), H - 1, W - 1))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma.to(x).clamp_min(1e-3)[:, None]) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, K): one kernel per channel
+    y = F.pad(x.reshape(1, B * C, H, W), (radius,) * 4, mode="reflect")
+    y = F.conv2d(y, k[:, None, None, :], groups=B * C)
+    y = F.conv2d(y, k[:, None, :, None], groups=B * C)
+    return y.reshape(B, C, H, W)
+
+
+def _rand(g: torch.Generator, *shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(*shape, generator=g)
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Degrade real renders the way generated samples are degraded, so that only shape is
+    left as a cue: blur, down-then-up resampling (a blurry autoencoder reconstruction),
+    colour changes (permutation, jitter, inversion, greyscale), flips and additive noise."""
+    B, _, H, W = x.shape
+    scale = H / 32  # blur widths are specified at 32 px
+
+    # Down-then-up resampling on ~25% of the batch, one random working size per step.
+    down = _rand(g, B) < 0.25
+    if down.any():
+        s = int(torch.randint(max(4, H // 5), max(5, 3 * H // 4), (1,), generator=g))
+        lo = F.interpolate(x[down], size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        x = x.clone()
+        x[down] = F.interpolate(lo, size=(H, W), mode="bilinear", align_corners=False)
+
+    # Gaussian blur on half the batch, sigma up to 1.2 px at 32 px.
+    sigma = _rand(g, B, hi=1.2 * scale) * (_rand(g, B) < 0.5)
+    x = gaussian_blur(x, sigma)
+
+    # Colour: random channel order, per-channel gain/offset, greyscale, brightness inversion.
+    perm = torch.argsort(_rand(g, B, 3), dim=1)
+    x = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
+    x = x * _rand(g, B, 3, 1, 1, lo=0.5, hi=1.2) + _rand(g, B, 3, 1, 1, lo=-0.3, hi=0.3)
+    grey = (_rand(g, B) < 0.2)[:, None, None, None]
+    x = torch.where(grey, x.mean(1, keepdim=True).expand_as(x), x)
+    x = torch.where((_rand(g, B) < 0.3)[:, None, None, None], -x, x)
+
+    # Flips keep the class (shapes are drawn at uniformly random rotation anyway).
+    x = torch.where((_rand(g, B) < 0.5)[:, None, None, None], x.flip(-1), x)
+    x = torch.where((_rand(g, B) < 0.5)[:, None, None, None], x.flip(-2), x)
+
+    x = x + _rand(g, B, 1, 1, 1, hi=0.1) * torch.randn(x.shape, generator=g)
+    return x.clamp(-1, 1)
+
+
+# --------------------------------------------------------------------------- training
+
+class _TrainImages:
+    """Batches of the dataset's "train" split, indices cycling through the dataset.
+
+    Rendering is the slowest part of training, so each scene is rendered once and kept as
+    uint8 (8-bit is below the augmentation noise); past `max_bytes` it renders every time.
+    """
+
+    def __init__(self, dataset: Shapes, total: int, max_bytes: int = 1 << 30):
+        self.data = _with_split(dataset, "train")
+        self.n = min(len(self.data), total)
+        self.cache = None
+        if self.n * 3 * self.data.resolution ** 2 <= max_bytes:
+            self.cache = torch.empty(self.n, 3, self.data.resolution, self.data.resolution, dtype=torch.uint8)
+            self.labels = torch.empty(self.n, dtype=torch.int64)
+            self.filled = 0
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = (np.arange(batch_size) + step * batch_size) % self.n
+        if self.cache is None:
+            return self.data.render(idx)
+        todo = np.arange(self.filled, min(self.n, idx.max() + 1))  # first pass: fill in order
+        if len(todo):
+            imgs, labels = self.data.render(todo)
+            self.cache[todo] = ((imgs + 1) * 127.5).round().to(torch.uint8)
+            self.labels[todo] = labels
+            self.filled = int(todo[-1]) + 1
+        idx = torch.as_tensor(idx)
+        return self.cache[idx].float() / 127.5 - 1, self.labels[idx]
+
+
+def _with_split(dataset: Shapes, split: str) -> Shapes:
+    return Shapes(resolution=dataset.resolution, num_classes=dataset.num_classes, variant=dataset.variant,
+                  size=len(dataset), seed=dataset.seed, split=split)
+
+
+def _cosine_with_warmup(steps: int, warmup: int):
+    return lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+
+
+def train_classifier(dataset: Shapes, steps: int = 600, batch_size: int = 128, lr: float = 5e-3,
+                     seed: int = 0, progress: bool = True) -> ShapeClassifier:
+    """Train a `ShapeClassifier` on augmented renders of `dataset`'s "train" split.
+
+    Deterministic for a given `seed` (and thread count): initialisation and augmentations
+    draw from their own seeded generators, and the training images are fixed by the dataset.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ShapeClassifier(dataset.num_classes)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_with_warmup(steps, warmup=max(1, steps // 20)))
+    images = _TrainImages(dataset, steps * batch_size)
+    model.train()
+    bar = tqdm(range(steps), desc="shapes classifier", disable=not progress)
+    loss_ema = acc_ema = None
+    for step in bar:
+        x, y = images.batch(step, batch_size)
+        logits = model(augment(x, g))
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        acc = (logits.argmax(1) == y).float().mean().item()
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        acc_ema = acc if acc_ema is None else 0.95 * acc_ema + 0.05 * acc
+        bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.3f}", refresh=False)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- cache
+
+def classifier_config(dataset: Shapes, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    """Everything that determines the trained weights; its hash names the cache file."""
+    return dict(version=CLASSIFIER_VERSION, resolution=dataset.resolution, num_classes=dataset.num_classes,
+                variant=dataset.variant, dataset_seed=dataset.seed, dataset_size=len(dataset),
+                seed=seed, steps=steps, batch_size=batch_size, lr=lr)
+
+
+def _cache_paths(cache_dir: Path, config: dict) -> tuple[Path, Path]:
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    stem = cache_dir / f"shapes_classifier_{digest}"
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temp file in the same directory and `os.replace`, so that concurrent jobs
+    and crashes never leave a half-written file under the final name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load(path: Path, num_classes: int) -> ShapeClassifier:
+    model = ShapeClassifier(num_classes)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as e:  # safetensors header errors, truncation, wrong keys or shapes
+        raise RuntimeError(f"The cached shapes classifier '{path}' is corrupt or incompatible ({e}). "
+                           f"Delete it and run again to retrain it.") from e
+    return model.eval()
+
+
+def load_or_train_classifier(dataset: Shapes, cache_dir: str | Path, steps: int = 600, batch_size: int = 128,
+                             lr: float = 5e-3, seed: int = 0, progress: bool = True,
+                             eval_images: int = 2000) -> ShapeClassifier:
+    """Load the classifier for this dataset and recipe from `cache_dir`, training it first
+    if absent. A cache file that cannot be loaded raises a RuntimeError naming it (it is
+    never silently overwritten); the JSON sidecar records the config and the accuracy on
+    `eval_images` real "test"-split images."""
+    config = classifier_config(dataset, steps, batch_size, lr, seed)
+    cache_dir = Path(cache_dir)
+    weights, sidecar = _cache_paths(cache_dir, config)
+    if weights.exists():
+        return _load(weights, dataset.num_classes)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    model = train_classifier(dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
+    info = dict(config=config, train_seconds=round(time.perf_counter() - start, 1),
+                test_accuracy=accuracy_on_real(model, dataset, n=eval_images), test_images=eval_images)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"config": json.dumps(config)}))
+    _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
+    return model
+
+
+# --------------------------------------------------------------------------- metrics
+
+@torch.no_grad()
+def predict(model: ShapeClassifier, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, num_classes) and features (N, D) for images (N, 3, H, W) in [-1, 1], on the CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, feats = [], []
+    for chunk in images.split(batch_size):
+        f = model.features(chunk.to(device, torch.float32))
+        feats.append(f.cpu())
+        logits.append(model.head(f).cpu())
+    model.train(was_training)
+    if not feats:
+        return torch.empty(0, model.num_classes), torch.empty(0, model.head.in_features)
+    return torch.cat(logits), torch.cat(feats)
+
+
+def accuracy_on_real(model: ShapeClassifier, dataset: Shapes, n: int = 2000, split: str = "test") -> float:
+    """Accuracy on the first `n` real images of `split` (held out from training by default)."""
+    images, labels = _with_split(dataset, split).render(np.arange(n))
+    logits, _ = predict(model, images)
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def class_consistency(model: ShapeClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of `images` that the classifier assigns to their `labels` (the conditioning class)."""
+    logits, _ = predict(model, images)
+    return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
+
+
+def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Tensor | np.ndarray) -> float:
+    """Fréchet distance between Gaussian fits of two (N, D) feature sets.
+
+    Meant for `ShapeClassifier.features`: a Fréchet distance in the shapes classifier's
+    feature space, *not* Inception FID. The Gaussian fit and the matrix square root are
+    torch-fidelity's own (`fid_features_to_statistics`, `fid_statistics_to_metric`), in float64.
+    """
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+
+    stats = [fid_features_to_statistics(torch.as_tensor(f).detach().cpu().to(torch.float64))
+             for f in (features_a, features_b)]
+    return float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID])

@@ -1,0 +1,302 @@
+"""The stages of a run, each a plain function of the resolved config, cached by its hash:
+
+    tokenizer (train or load) -> latents (encode the training set once) -> train -> evaluate
+
+A finished stage is found by its hash and skipped; an interrupted training resumes from its
+last checkpoint. Stages know nothing of how they are scheduled (see jobs/).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from benchmark import results
+from benchmark.config import TrainConfig, config_hash, section
+from benchmark.metrics import classifier as clf
+from benchmark.trainer import Trainer
+from methods.base import Method, TokenSpec
+from methods.registry import DATASETS, METHODS, TOKENIZERS, lookup
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def build_dataset(cfg: DictConfig, split: str = "train", resolution: int | None = None):
+    data = section(cfg, "data")
+    cls = lookup(DATASETS, data.name)
+    if data.name == "imagefolder":
+        return cls(root=data.root, resolution=resolution or data.resolution, split="train" if split == "train" else "val")
+    return cls(resolution=resolution or data.resolution, num_classes=data.num_classes, variant=data.variant,
+               size=data.train_size, seed=cfg.seed * 0, split=split)  # the data never depends on the run seed
+
+
+def atomic_save_file(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def load_weights(path: Path) -> dict:
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise RuntimeError(f"{path} is not a readable safetensors file ({err}); delete it and rerun to rebuild it") from err
+
+
+# -- tokenizer ------------------------------------------------------------------------
+def tokenizer_key(cfg: DictConfig, method: str) -> tuple[str, str]:
+    name = cfg[method].tokenizer
+    return name, f"{name}-{config_hash({'data': cfg.data, 'tokenizer': cfg[name]})}"
+
+
+def train_tokenizer(cfg: DictConfig, method: str) -> Path:
+    """Train (or load) the tokenizer ``cfg[method].tokenizer`` on the run's data; cached."""
+    name, key = tokenizer_key(cfg, method)
+    out = Path(cfg.paths.cache) / "tokenizers" / key
+    if (out / "tokenizer.safetensors").exists():
+        return out
+    tcfg, device = section(cfg, name), resolve_device(cfg.device)
+    tok_cls = lookup(TOKENIZERS, name)
+    tok = (tok_cls.from_pretrained(tcfg.pretrained, tcfg) if tcfg.pretrained else tok_cls(tcfg)).to(device)
+    data = build_dataset(cfg)
+    start = time.time()
+    if not tcfg.pretrained:
+        train_cfg = TrainConfig(steps=tcfg.steps, batch_size=tcfg.batch_size, lr=tcfg.lr, min_lr=tcfg.lr * 0.05,
+                                warmup_steps=min(50, tcfg.steps // 10), weight_decay=0.0, grad_clip=1.0, ema_rate=0.0,
+                                checkpoint_every=max(tcfg.steps // 4, 1), log_every=25, autocast="off")
+
+        def batch_loss(step: int, g: torch.Generator) -> torch.Tensor:
+            idx = np.arange(step * tcfg.batch_size, (step + 1) * tcfg.batch_size) % len(data)
+            return tok.loss(data.render(idx)[0].to(device), g)
+
+        Trainer(tok, batch_loss, train_cfg, out / "train", seed=0, device=device, desc=f"tokenizer {name}").fit()
+    tok.eval()
+    if not tcfg.scaling_factor:  # unit-variance latents for the methods
+        with torch.no_grad():
+            lat = tok.encode(data.render(np.arange(min(1024, len(data))))[0].to(device))
+        tok.scaling_factor.fill_(1.0 / lat.float().std().item() * float(tok.scaling_factor))
+    metrics = tokenizer_metrics(tok, cfg, device)
+    atomic_save_file(tok.state_dict(), out / "tokenizer.safetensors")
+    (out / "tokenizer.json").write_text(json.dumps({"name": name, "config": OmegaConf.to_container(cfg[name]),
+                                                    "scaling_factor": float(tok.scaling_factor),
+                                                    "seconds": time.time() - start, **metrics}, indent=2))
+    return out
+
+
+@torch.no_grad()
+def tokenizer_metrics(tok, cfg: DictConfig, device: torch.device, n: int = 512) -> dict:
+    """Reconstruction PSNR on held-out images (and the recon grid for a person to look at)."""
+    images, labels = build_dataset(cfg, "test").render(np.arange(n))
+    recon = torch.cat([tok.decode(tok.encode(x.to(device))).clamp(-1, 1).cpu() for x in images.split(128)])
+    mse = ((recon - images) / 2).pow(2).flatten(1).mean(1)
+    return {"psnr": float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()), "n_images": n}
+
+
+def load_tokenizer(cfg: DictConfig, method: str, device: torch.device):
+    name, key = tokenizer_key(cfg, method)
+    path = Path(cfg.paths.cache) / "tokenizers" / key
+    tcfg = section(cfg, name)
+    tok = lookup(TOKENIZERS, name)(tcfg).to(device)
+    tok.load_state_dict(load_weights(path / "tokenizer.safetensors"))
+    return tok.eval()
+
+
+# -- latents --------------------------------------------------------------------------
+@torch.no_grad()
+def encode_latents(cfg: DictConfig, method: str) -> Path:
+    """Posterior moments of every training image, computed once and reused by every method
+    and seed that shares the tokenizer and data."""
+    _, key = tokenizer_key(cfg, method)
+    path = Path(cfg.paths.cache) / "latents" / f"{key}.safetensors"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    tok, data = load_tokenizer(cfg, method, device), build_dataset(cfg)
+    moments, labels = [], []
+    for start in range(0, len(data), 256):
+        x, y = data.render(np.arange(start, min(start + 256, len(data))))
+        moments.append(tok.moments(x.to(device)).cpu())
+        labels.append(y)
+    atomic_save_file({"moments": torch.cat(moments), "labels": torch.cat(labels)}, path)
+    return path
+
+
+# -- method ---------------------------------------------------------------------------
+def build_method(cfg: DictConfig, method: str, tok) -> Method:
+    data = section(cfg, "data")
+    num_classes = build_dataset(cfg).num_classes if data.name == "imagefolder" else data.num_classes
+    spec = TokenSpec(channels=tok.channels, latent_size=data.resolution // tok.stride, num_classes=num_classes)
+    return lookup(METHODS, method)(section(cfg, method), spec)
+
+
+def run_dir(cfg: DictConfig, method: str) -> Path:
+    key = config_hash({k: cfg[k] for k in ("data", "train", method, cfg[method].tokenizer)})
+    return Path(cfg.paths.runs) / cfg.preset / f"{method}-{key}" / f"seed{cfg.seed}"
+
+
+def train_method(cfg: DictConfig, method: str) -> Path:
+    """Train the method on cached latents; resumes an interrupted run; skipped when done."""
+    out = run_dir(cfg, method)
+    if (out / "ema.safetensors").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    device = resolve_device(cfg.device)
+    tok = load_tokenizer(cfg, method, device)
+    cache = load_weights(encode_latents(cfg, method))
+    moments, labels = cache["moments"].to(device), cache["labels"].to(device)
+    torch.manual_seed(cfg.seed)
+    model = build_method(cfg, method, tok).to(device)
+    train_cfg: TrainConfig = section(cfg, "train")
+    n = len(labels)
+
+    def batch_loss(step: int, g: torch.Generator) -> torch.Tensor:
+        # Epoch-wise permutation from (seed, epoch): the data order is a function of the step.
+        per_epoch = n // train_cfg.batch_size
+        epoch, i = divmod(step, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
+        idx = perm[i * train_cfg.batch_size:(i + 1) * train_cfg.batch_size]
+        latents = tok.latents_from_moments(moments[idx], g)  # a fresh posterior sample (as MAR/FlowAR)
+        return model.loss(latents, labels[idx], g)
+
+    start = time.time()
+    history = Trainer(model, batch_loss, train_cfg, out, seed=cfg.seed, device=device, desc=f"train {method}").fit()
+    state = torch.load(out / "checkpoint-last.pt", map_location="cpu", weights_only=True)
+    prefix = "model."
+    net = lambda sd: {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    atomic_save_file(net(state["model"]), out / "model.safetensors")
+    atomic_save_file(net(state["ema"]), out / "ema.safetensors")
+    (out / "train.json").write_text(json.dumps({"seconds": time.time() - start, "history": history}))
+    results.save_loss_curve([s for s, _ in history], [l for _, l in history], out / "loss.png")
+    return out
+
+
+# -- evaluation -----------------------------------------------------------------------
+def image_seed(seed: int, index: int) -> int:
+    """The seed of generated image ``index``: a function of the global index alone, so the
+    same images come out whatever the batch size or number of workers."""
+    return (seed * 2_654_435_761 + index * 40_503 + 1) % (2 ** 63)
+
+
+def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+@torch.no_grad()
+def generate_images(model: Method, tok, labels: torch.Tensor, seed: int, batch_size: int,
+                    device: torch.device, desc: str = "sample") -> tuple[torch.Tensor, float]:
+    """Images in [-1, 1] for ``labels`` (image i seeded by its index) and the sampling
+    throughput in images/s (tokens + decoding; the first batch is a warm-up, not timed)."""
+    from tqdm.auto import tqdm
+    model.eval()
+    out, timed, seconds = [], 0, 0.0
+    starts = range(0, len(labels), batch_size)
+    for b, start in enumerate(tqdm(starts, desc=desc, dynamic_ncols=True)):
+        idx = range(start, min(start + batch_size, len(labels)))
+        gens = [torch.Generator().manual_seed(image_seed(seed, i)) for i in idx]
+        t0 = time.perf_counter()
+        latents = model.generate(labels[start:idx.stop].to(device), gens)
+        images = tok.decode(latents).clamp(-1, 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if b > 0 or len(starts) == 1:
+            timed, seconds = timed + len(idx), seconds + time.perf_counter() - t0
+        out.append(images.cpu())
+    return torch.cat(out), timed / max(seconds, 1e-9)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """The one float -> uint8 -> float conversion applied to every method's samples before
+    scoring: round((x + 1) * 127.5), as a PNG would store them."""
+    return ((images + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+
+
+def score(classifier, images: torch.Tensor, labels: torch.Tensor, real_features: torch.Tensor) -> dict:
+    logits, feats = clf.predict(classifier, quantize(images))
+    return {clf.KEY_CLASS_CONSISTENCY: float((logits.argmax(1) == labels).float().mean()),
+            clf.KEY_CLASSIFIER_FD: clf.frechet_distance(feats, real_features)}
+
+
+def evaluate_method(cfg: DictConfig, method: str) -> Path:
+    """Sample, score and write the run's record (and its sample grid)."""
+    out, device = run_dir(cfg, method), resolve_device(cfg.device)
+    ev, data_cfg = section(cfg, "eval"), section(cfg, "data")
+    if data_cfg.name != "shapes":
+        raise NotImplementedError("the domain evaluator needs data.name=shapes; Inception metrics for other "
+                                  "datasets come with the evaluation-suite issue")
+    tok = load_tokenizer(cfg, method, device)
+    model = build_method(cfg, method, tok).to(device)
+    model.network.load_state_dict(load_weights(out / "ema.safetensors"))
+    train_set = build_dataset(cfg)
+    classifier = clf.load_or_train_classifier(train_set, Path(cfg.paths.cache) / "classifiers",
+                                              steps=ev.classifier_steps).to(device)
+
+    # Reference: real held-out images, and what the tokenizer makes of them (the ceiling).
+    real, real_labels = build_dataset(cfg, "reference").render(np.arange(ev.reference_size))
+    real_logits, real_feats = clf.predict(classifier, quantize(real))
+    with torch.no_grad():
+        recon = torch.cat([tok.decode(tok.encode(x.to(device))).clamp(-1, 1).cpu() for x in real.split(256)])
+    recon_logits, recon_feats = clf.predict(classifier, quantize(recon))
+    reference = {"classifier_acc_real": float((real_logits.argmax(1) == real_labels).float().mean()),
+                 "classifier_acc_recon": float((recon_logits.argmax(1) == real_labels).float().mean()),
+                 "classifier_fd_recon": clf.frechet_distance(recon_feats, real_feats)}
+
+    labels = balanced_labels(train_set.num_classes, ev.samples_per_class)
+    t0 = time.time()
+    images, throughput = generate_images(model, tok, labels, cfg.seed, ev.batch_size, device, f"sample {method}")
+    sample_s = time.time() - t0
+    metrics = {**score(classifier, images, labels, real_feats), "throughput_img_s": throughput,
+               "params_m": sum(p.numel() for p in model.network.parameters()) / 1e6}
+    if ev.floor:  # the same model untrained: what "no learning" scores
+        torch.manual_seed(cfg.seed)
+        untrained = build_method(cfg, method, tok).to(device)
+        floor_images, _ = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained")
+        floor = score(classifier, floor_images, labels, real_feats)
+        reference.update({f"untrained_{k}": v for k, v in floor.items()})
+
+    grid = results.save_sample_grid(images, labels, list(train_set.class_names), out / "samples.png",
+                                    per_class=ev.grid_per_class)
+    shared_grid = Path(cfg.paths.results) / "grids" / f"{cfg.preset}_{method}_seed{cfg.seed}.png"
+    shared_grid.parent.mkdir(parents=True, exist_ok=True)
+    shared_grid.write_bytes(grid.read_bytes())
+    record = make_record(cfg, method, metrics, reference, sample_s, model)
+    results.write_record(out / "record.json", record)
+    return results.write_record(Path(cfg.paths.results) / "records" / f"{cfg.preset}_{method}_{record['config_hash']}_seed{cfg.seed}.json", record)
+
+
+def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sample_s: float, model: Method) -> dict:
+    out = run_dir(cfg, method)
+    tok_info = json.loads((Path(cfg.paths.cache) / "tokenizers" / tokenizer_key(cfg, method)[1] / "tokenizer.json").read_text())
+    train_info = json.loads((out / "train.json").read_text()) if (out / "train.json").exists() else {}
+    import diffusers, torch_fidelity
+    return {
+        "method": method, "preset": cfg.preset, "seed": cfg.seed, "config_hash": out.parent.name.split("-")[-1],
+        "dataset": cfg.data.name, "resolution": cfg.data.resolution, "metrics": metrics, "reference": reference,
+        "tokenizer": {"name": tok_info["name"], "psnr": tok_info["psnr"], "scaling_factor": tok_info["scaling_factor"]},
+        "timings": {"tokenizer_s": tok_info.get("seconds", 0.0), "train_s": train_info.get("seconds", 0.0),
+                    "sample_s": sample_s},
+        "protocol": {"evaluator": "shapes-classifier", "samples": int(len(balanced_labels(1, cfg.eval.samples_per_class)) * cfg.data.num_classes),
+                     "samples_per_class": cfg.eval.samples_per_class, "reference": f"shapes/reference[0:{cfg.eval.reference_size}]",
+                     "quantization": "round((x+1)*127.5) to uint8", "seed_scheme": "per global image index",
+                     "sampler": model.sampler_settings(), "throughput_batch_size": cfg.eval.batch_size,
+                     "device": str(resolve_device(cfg.device)), "threads": torch.get_num_threads()},
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "torch_fidelity": torch_fidelity.__version__, "python": platform.python_version()},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "created": datetime.now(timezone.utc).isoformat(), "run_dir": str(out),
+    }

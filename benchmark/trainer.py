@@ -1,0 +1,152 @@
+"""A method-agnostic training loop: AdamW, warm-up then cosine, EMA, gradient clipping,
+bf16 autocast on CUDA, atomic checkpoints, exact resume and a guard against non-finite losses.
+
+Every step is a pure function of (seed, step): its batch comes from ``batch_loss(step,
+generator)`` and its randomness (noise, times, dropout, label drop) from generators seeded by
+the step. A resumed run therefore continues the very same loss curve.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from benchmark.config import TrainConfig
+
+CHECKPOINT = "checkpoint-last.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then half-cosine down to cfg.min_lr at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norm gains, embeddings' 1-D params (as timm/MAE/FlowAR)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 12345) % (2 ** 62)
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Trains ``model`` by minimising ``batch_loss(step, generator)``.
+
+    Writes into ``run_dir``: ``checkpoint-last.pt`` (model, EMA, optimizer, step, loss
+    history) every ``cfg.checkpoint_every`` steps and at the end, and ``history.json``.
+    """
+
+    def __init__(self, model: nn.Module, batch_loss: Callable[[int, torch.Generator], torch.Tensor],
+                 cfg: TrainConfig, run_dir: str | Path, seed: int = 0, device: torch.device | str = "cpu",
+                 desc: str = "train"):
+        self.model, self.batch_loss, self.cfg = model, batch_loss, cfg
+        self.run_dir, self.seed, self.device, self.desc = Path(run_dir), seed, torch.device(device), desc
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(cfg.beta1, cfg.beta2))
+        self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.step, self.history = 0, []
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def autocast(self):
+        use = self.cfg.autocast == "bf16" or (self.cfg.autocast == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use)
+
+    def save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save({"model": self.model.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
+                     "step": self.step, "history": self.history}, self.checkpoint_path)
+
+    def resume(self) -> bool:
+        """Load the last checkpoint if there is one; True if training resumes from it."""
+        if not self.checkpoint_path.exists():
+            return False
+        try:
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+        except Exception as err:
+            raise RuntimeError(f"cannot resume from {self.checkpoint_path}: {err}. The file is corrupt or from "
+                               "another config; delete it to start over.") from err
+        self.ema = state["ema"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.history = state["step"], state["history"]
+        return True
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        for k, v in self.model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.ema[k].mul_(self.cfg.ema_rate).add_(v.detach(), alpha=1 - self.cfg.ema_rate)
+            else:
+                self.ema[k].copy_(v)
+
+    def train_step(self) -> float:
+        torch.manual_seed(step_seed(self.seed, self.step))  # dropout / label drop
+        generator = torch.Generator(self.device).manual_seed(step_seed(self.seed, self.step) + 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.cfg)
+        with self.autocast():
+            loss = self.batch_loss(self.step, generator)
+        if not torch.isfinite(loss):
+            kept = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() \
+                else "no checkpoint was written yet"
+            raise NonFiniteLossError(f"{self.desc}: loss is {loss.item()} at step {self.step}; training stopped and "
+                                     f"{kept}. Lower train.lr or check the data.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.update_ema()
+        self.step += 1
+        return loss.item()
+
+    def fit(self) -> list[tuple[int, float]]:
+        """Train to cfg.steps (resuming if a checkpoint exists); returns the loss history."""
+        self.model.train()
+        self.resume()
+        running, count, start = 0.0, 0, time.time()
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.desc, dynamic_ncols=True,
+                   disable=os.environ.get("SCALEWISE_PROGRESS", "1") == "0")
+        while self.step < self.cfg.steps:
+            running += self.train_step()
+            count += 1
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                self.history.append((self.step, running / count))
+                bar.set_postfix(loss=f"{running / count:.4f}", lr=f"{lr_at(self.step - 1, self.cfg):.2e}")
+                running, count = 0.0, 0
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.save()
+        bar.close()
+        self.save()
+        (self.run_dir / "history.json").write_text(json.dumps({"history": self.history,
+                                                               "seconds_this_session": time.time() - start}))
+        return self.history

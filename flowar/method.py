@@ -1,0 +1,102 @@
+"""FlowAR as a benchmark method: the per-scale flow-matching loss and the scale-by-scale
+sampler, around the network in flowar/model.py."""
+from __future__ import annotations
+
+
+import torch
+
+from flowar.model import FlowAR, FlowARConfig
+from methods.base import Method, TokenSpec
+from methods.flow import euler_sample, flow_matching_loss, flowar_time_grid
+from methods.registry import METHODS
+from methods.scales import token_offsets
+
+SAMPLER_KEYS = ("num_flow_steps", "cfg", "guidance_low", "guidance_high")
+
+
+def draw_noise(shape: tuple, batch: int, generator, device) -> torch.Tensor:
+    """Gaussian noise (shape[0] * batch, *shape[1:]) laid out as [copy 0 of the batch; copy 1; ...].
+    With a list of per-image generators, image j's noise comes from generator j alone."""
+    if isinstance(generator, (list, tuple)):
+        per_image = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generator], 1)
+        return per_image.flatten(0, 1).to(device)  # (copies, B, ...) -> (copies * B, ...)
+    return torch.randn((shape[0] * batch, *shape[1:]), generator=generator, device=device)
+
+
+@METHODS.register_module("flowar")
+class FlowARMethod(Method):
+    Config = FlowARConfig
+    tokenizer_kind = "continuous"
+
+    def __init__(self, cfg: FlowARConfig, spec: TokenSpec):
+        super().__init__(cfg, spec)
+        self.model = FlowAR(cfg, spec.channels, spec.latent_size, spec.num_classes)
+
+    @property
+    def network(self) -> FlowAR:
+        return self.model
+
+    def loss(self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+             noise: list[torch.Tensor] | None = None, t: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Sum over scales of the flow-matching loss, scale k weighted by its share of the last
+        scale's tokens (s_k^2 / s_K^2, as the official code). ``noise``/``t`` per scale may be
+        given; otherwise they are drawn from ``generator``."""
+        semantics, targets = self.model(latents, labels)
+        total, last = 0.0, self.model.scales[-1] ** 2
+        for k, ((begin, end), target) in enumerate(zip(self._offsets(), targets)):
+            x0 = FlowAR.to_tokens(target)                                                   # (B, s^2, C)
+            eps = noise[k] if noise is not None else torch.randn(x0.shape, generator=generator, device=x0.device)
+            tk = t[k] if t is not None else torch.rand(x0.shape[0], generator=generator, device=x0.device)
+            z = semantics[:, begin:end]
+            per_sample = flow_matching_loss(lambda x, tt: self.model.velocity(x, tt, z), x0, eps.to(x0), tk.to(x0))
+            total = total + per_sample.mean() * x0.shape[1] / last
+        return total
+
+    def _offsets(self) -> list[tuple[int, int]]:
+        return token_offsets(self.model.scales)
+
+    def sampler_settings(self, **overrides) -> dict:
+        settings = {k: getattr(self.cfg, k) for k in SAMPLER_KEYS}
+        unknown = set(overrides) - set(SAMPLER_KEYS)
+        if unknown:
+            raise ValueError(f"unknown FlowAR sampler setting(s) {sorted(unknown)}; valid: {', '.join(SAMPLER_KEYS)}")
+        settings.update(overrides)
+        return settings
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None,
+                 noise: list[torch.Tensor] | None = None, **settings) -> torch.Tensor:
+        """Sample scale by scale: semantics from the AR transformer (KV-cached), then the
+        scale's latent by Euler integration of the flow head from noise. CFG ramps linearly
+        over scales from 1 to ``cfg``. Returns latents (B, C, h, w).
+
+        ``generator`` is one generator for the batch, or one per image (then every image's
+        noise is its own, whatever batch it is drawn in); ``noise`` gives each scale's noise
+        (B' , s^2, C) explicitly, B' = 2B under guidance ([conditional; unconditional])."""
+        s = self.sampler_settings(**settings)
+        model, scales = self.model, self.model.scales
+        guided = s["cfg"] != 1.0  # the official sampler doubles the batch whenever cfg != 1
+        B = labels.shape[0]
+        class_embedding = model.class_emb(labels)
+        if guided:
+            null = torch.full_like(labels, model.num_classes)
+            class_embedding = torch.cat([class_embedding, model.class_emb(null)])
+        grid = flowar_time_grid(s["num_flow_steps"])
+        x = class_embedding[:, None]                                                     # (B', 1, E)
+        model.enable_cache(True)
+        try:
+            for k, side in enumerate(scales):
+                z = model.semantics_step(x, class_embedding, k)                          # (B', s^2, D)
+                ramp = 1 + (s["cfg"] - 1) * k / max(len(scales) - 1, 1)
+                eps = noise[k] if noise is not None else draw_noise(
+                    (z.shape[0] // B, side * side, model.token_channels), B, generator, z.device)
+                tokens = euler_sample(lambda xt, t: model.velocity(xt, t, z), eps.to(z.device, z.dtype), grid,
+                                      ramp, s["guidance_low"], s["guidance_high"]).float()
+                tokens = tokens[:B]                                                      # drop the null-class half
+                if k == len(scales) - 1:
+                    break
+                nxt = model.to_tokens(model.next_scale_input(model.to_latent(tokens, side), scales[k + 1]))
+                x = model.z_proj(torch.cat([nxt, nxt]) if guided else nxt)
+        finally:
+            model.enable_cache(False)
+        return model.to_latent(tokens, scales[-1])

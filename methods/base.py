@@ -1,0 +1,56 @@
+"""The method interface: what the harness needs from FlowAR, VAR, FlexVAR or a new method.
+
+A method owns its network, its training loss on tokenized batches and its sampler. It
+does not know about jobs, files or metrics. To add one: write a ``Config`` dataclass (its
+section in the run config, named after the method), subclass ``Method``, and register it::
+
+    @METHODS.register_module("mymethod")
+    class MyMethod(Method):
+        Config = MyConfig
+        tokenizer_kind = "continuous"
+        ...
+
+then add its module to ``methods.registry._BUILTIN_MODULES`` (or import it before use).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TokenSpec:
+    """What a method needs to know of its tokenizer's output."""
+    channels: int        # latent channels (continuous) or code width
+    latent_size: int     # side of the final latent grid
+    num_classes: int     # dataset classes (the null class for CFG is added by the method)
+
+
+class Method(nn.Module):
+    Config: ClassVar[type]
+    tokenizer_kind: ClassVar[str]  # continuous | multiscale_residual | multiscale_groundtruth
+
+    def __init__(self, cfg, spec: TokenSpec):
+        super().__init__()
+        self.cfg, self.spec = cfg, spec
+
+    @property
+    def network(self) -> nn.Module:
+        """The module whose state dict is the checkpoint (official key names)."""
+        raise NotImplementedError
+
+    def loss(self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scalar training loss for a batch of tokenized images."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None, **settings) -> torch.Tensor:
+        """Latents (B, C, h, w) for the class labels; ``settings`` override the sampler config."""
+        raise NotImplementedError
+
+    def sampler_settings(self) -> dict:
+        """The sampler settings in force (recorded with every result)."""
+        raise NotImplementedError

@@ -1,0 +1,121 @@
+"""`kl`: a continuous KL-regularised autoencoder on diffusers' ``AutoencoderKL``.
+
+Latents handed to methods are ``scaling_factor * z`` with z the posterior mean or a sample.
+The scaling factor is measured on the training data (1 / std of the latents) unless given,
+so that every method sees unit-variance latents, as with MAR's fixed 0.2325 for KL-16.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch import nn
+
+from methods.registry import TOKENIZERS
+
+
+@dataclass
+class KLConfig:
+    latent_channels: int = 8
+    # One entry per resolution level; the stride is 2 ** (levels - 1).
+    block_out_channels: List[int] = field(default_factory=lambda: [64, 128, 128])
+    layers_per_block: int = 1
+    # Keep >= 8 channels per group: with 1-4 channels per GroupNorm group the autoencoder
+    # loses each image's absolute colour and reconstructs grey images (measured).
+    norm_num_groups: int = 8
+    mid_block_attention: bool = False
+    pretrained: Optional[str] = None   # a diffusers AutoencoderKL folder to load instead of training
+    scaling_factor: float = 0.0        # 0: measure on the training data
+    steps: int = 1500                  # training steps (when not pretrained)
+    batch_size: int = 64
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+
+    def check(self, key: str) -> None:
+        from benchmark.config import ConfigError, check_positive
+        for name in ("latent_channels", "layers_per_block", "norm_num_groups", "steps", "batch_size", "lr"):
+            check_positive(f"{key}.{name}", getattr(self, name))
+        check_positive(f"{key}.kl_weight", self.kl_weight, allow_zero=True)
+        check_positive(f"{key}.scaling_factor", self.scaling_factor, allow_zero=True)
+        for width in self.block_out_channels:
+            if width % self.norm_num_groups:
+                raise ConfigError(f"{key}.block_out_channels={list(self.block_out_channels)}: {width} is not divisible "
+                                  f"by {key}.norm_num_groups={self.norm_num_groups}")
+            if width // self.norm_num_groups < 8:
+                raise ConfigError(f"{key}: {width} channels in {self.norm_num_groups} groups is {width // self.norm_num_groups} "
+                                  "channels per GroupNorm group; use at least 8 (fewer loses colour: grey reconstructions). "
+                                  f"Lower {key}.norm_num_groups or widen {key}.block_out_channels.")
+        if self.pretrained and not Path(self.pretrained).exists():
+            raise ConfigError(f"{key}.pretrained={self.pretrained!r} does not exist; give a local diffusers "
+                              "AutoencoderKL folder (with config.json and weights)")
+
+
+@TOKENIZERS.register_module("kl")
+class KLTokenizer(nn.Module):
+    Config = KLConfig
+    kind = "continuous"
+
+    def __init__(self, cfg: KLConfig, vae: AutoencoderKL | None = None):
+        super().__init__()
+        self.cfg = cfg
+        levels = len(cfg.block_out_channels)
+        self.vae = vae or AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+            down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+            block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+            norm_num_groups=cfg.norm_num_groups, mid_block_add_attention=cfg.mid_block_attention)
+        self.register_buffer("scaling_factor", torch.tensor(cfg.scaling_factor or 1.0))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, cfg: KLConfig | None = None) -> "KLTokenizer":
+        """Load a diffusers AutoencoderKL folder (local; nothing is downloaded)."""
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not a diffusers AutoencoderKL folder (no config.json)")
+        vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
+        cfg = cfg or KLConfig(latent_channels=vae.config.latent_channels,
+                              block_out_channels=list(vae.config.block_out_channels))
+        tok = cls(cfg, vae)
+        tok.scaling_factor.fill_(cfg.scaling_factor or vae.config.scaling_factor)
+        return tok
+
+    @property
+    def channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def stride(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def moments(self, images: torch.Tensor) -> torch.Tensor:
+        """Posterior parameters (B, 2C, h, w): mean and log-variance, unscaled."""
+        return self.vae.encode(images).latent_dist.parameters
+
+    def latents_from_moments(self, moments: torch.Tensor, generator: torch.Generator | None = None,
+                             sample: bool = True) -> torch.Tensor:
+        mean, logvar = moments.chunk(2, dim=1)
+        if not sample:
+            return mean * self.scaling_factor
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return (mean + std * eps) * self.scaling_factor
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latents (B, C, h, w); the posterior mean unless ``sample``."""
+        return self.latents_from_moments(self.moments(images), generator, sample)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1] (not clamped)."""
+        return self.vae.decode(latents / self.scaling_factor).sample
+
+    def loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss: L1 + L2 reconstruction of a posterior sample, plus a small KL term."""
+        dist = self.vae.encode(images).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator, device=images.device)
+        recon = self.vae.decode(z).sample
+        rec = F.l1_loss(recon, images) + F.mse_loss(recon, images)
+        return rec + self.cfg.kl_weight * dist.kl().mean()

@@ -1,0 +1,159 @@
+"""Records -> leaderboard, plots and sample grids (benchmark/results.py)."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from benchmark import results
+
+pytestmark = pytest.mark.filterwarnings("ignore:skipping record")
+
+
+def make_record(method: str, seed: int, cc: float, fd: float, created: str = "2025-01-01T00:00:00") -> dict:
+    return {
+        "method": method, "config_hash": f"{method[:4]}1234", "seed": seed, "preset": "tiny",
+        "dataset": "shapes", "resolution": 32,
+        "metrics": {"class_consistency": cc, "classifier_fd": fd, "throughput_img_s": 40.0, "params_m": 1.2},
+        "reference": {"classifier_acc_real": 0.99, "untrained_classifier_fd": 300.0},
+        "timings": {"tokenizer_s": 120, "train_s": 500},
+        "created": created, "run_dir": f"runs/{method}/{seed}",
+    }
+
+
+@pytest.fixture
+def records_root(tmp_path):
+    """2 methods x 2 seeds, plus an older duplicate of (var, seed 0) and two bad files."""
+    root = tmp_path / "records"
+    results.write_record(root / "flowar/s0.json", make_record("flowar", 0, 0.50, 12.0))
+    results.write_record(root / "flowar/s1.json", make_record("flowar", 1, 0.60, 14.0))
+    results.write_record(root / "var/s0.json", make_record("var", 0, 0.40, 20.0, "2025-02-01T00:00:00"))
+    results.write_record(root / "var/s0_old.json", make_record("var", 0, 0.10, 99.0, "2025-01-01T00:00:00"))
+    results.write_record(root / "var/s1.json", make_record("var", 1, 0.30, 22.0, "2025-02-01T00:00:00+00:00"))
+    (root / "broken.json").write_text('{"method": "var", "metr')
+    (root / "partial.json").write_text(json.dumps({"method": "var", "seed": 3}))
+    return root
+
+
+def test_write_record_is_atomic_and_readable(tmp_path):
+    path = tmp_path / "a" / "b" / "record.json"
+    record = make_record("flowar", 0, 0.5, 12.0)
+    assert results.write_record(path, record) == path
+    results.write_record(path, {**record, "seed": 1})  # overwrite in place
+    assert [p.name for p in path.parent.iterdir()] == ["record.json"]  # no temp files left
+    text = path.read_text()
+    assert json.loads(text) == {**record, "seed": 1}
+    assert text.index('"config_hash"') < text.index('"method"') < text.index('"seed"')  # sorted keys
+
+
+def test_write_record_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(TypeError):
+        results.write_record(tmp_path / "r.json", {"method": "x", "metrics": {"bad": object()}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_records_reports_bad_files(records_root):
+    (records_root / "list.json").write_text("[1, 2]")
+    (records_root / "binary.json").write_bytes(b"\xff\xfe\x00")
+    good, skipped = results.read_records(records_root)
+    assert len(good) == 5
+    reasons = {p.name: r for p, r in skipped}
+    assert set(reasons) == {"broken.json", "partial.json", "list.json", "binary.json"}
+    assert "metrics" in reasons["partial.json"]
+
+
+def test_records_to_frame_dedupes_and_orders(records_root):
+    good, _ = results.read_records(records_root)
+    df = results.records_to_frame(good)
+    assert list(df.columns[:8]) == ["method", "preset", "dataset", "resolution", "seed", "config_hash",
+                                    "class_consistency", "classifier_fd"]
+    assert {"ref_classifier_acc_real", "tokenizer_s", "train_s"} <= set(df.columns)
+    assert df.columns[-1] == "run_dir"
+    assert list(zip(df["method"], df["seed"])) == [("flowar", 0), ("flowar", 1), ("var", 0), ("var", 1)]
+    assert df.loc[2, "class_consistency"] == 0.40  # the newer of the two (var, 0) records
+
+
+def test_rebuild_leaderboard_writes_tables(records_root, tmp_path):
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = results.rebuild_leaderboard(records_root, out)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "broken.json" in messages and "partial.json" in messages
+    assert len(df) == 4
+
+    csv = pd.read_csv(out / "leaderboard.csv")
+    pd.testing.assert_frame_equal(csv, df, check_dtype=False)
+    assert 99.0 not in csv["classifier_fd"].tolist()
+
+    md = (out / "leaderboard.md").read_text()
+    assert "| method | preset |" in md and "| flowar | tiny | shapes | 32 | 1 |" in md
+    assert "0.55 ± 0.071" in md  # flowar class_consistency over seeds
+    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md",
+                                                     "leaderboard_summary.csv"]
+
+
+def test_summary_mean_and_std(records_root, tmp_path):
+    results.rebuild_leaderboard(records_root, tmp_path)
+    summary = pd.read_csv(tmp_path / "leaderboard_summary.csv").set_index("method")
+    assert summary.loc["flowar", "n_seeds"] == 2 and summary.loc["var", "seeds"] == "0,1"
+    assert summary.loc["flowar", "class_consistency_mean"] == pytest.approx(0.55)
+    assert summary.loc["flowar", "class_consistency_std"] == pytest.approx(math.sqrt(0.005))  # ddof=1
+    assert summary.loc["var", "classifier_fd_mean"] == pytest.approx(21.0)
+    assert summary.loc["var", "classifier_fd_std"] == pytest.approx(math.sqrt(2.0))
+    assert summary.loc["var", "throughput_img_s_std"] == 0.0
+
+
+def test_empty_records_root(tmp_path):
+    df = results.rebuild_leaderboard(tmp_path / "none", tmp_path / "out")
+    assert df.empty and (tmp_path / "out" / "leaderboard.md").exists()
+
+
+@pytest.mark.parametrize("size, per_class", [(32, 4), (80, 3)])
+def test_sample_grid_size(tmp_path, size, per_class):
+    labels = torch.tensor([2, 0, 2, 0, 0, 2, 2, 2, 0, 0, 2])  # classes 0 and 2; class 2 has 6
+    images = torch.rand(len(labels), 3, size, size) * 2 - 1
+    names = ["circle", "square", "triangle"]
+    path = results.save_sample_grid(images, labels, names, tmp_path / "grid.png", per_class=per_class)
+    cell = max(size, 64)  # 32 px samples are upscaled to 64
+    pad = results.GRID_PADDING
+    width = per_class * (cell + pad) + pad + results.label_margin(["circle", "triangle"])
+    assert Image.open(path).size == (width, 2 * (cell + pad) + pad)
+
+
+def test_sample_grid_pads_missing_cells(tmp_path):
+    images = -torch.ones(3, 3, 64, 64)  # black samples; blank cells are white
+    labels = torch.tensor([0, 1, 1])
+    path = results.save_sample_grid(images, labels, ["a", "b"], tmp_path / "g.png", per_class=2)
+    img = Image.open(path).convert("RGB")
+    margin, pad = results.label_margin(["a", "b"]), results.GRID_PADDING
+    first_row_y = pad + 32
+    assert img.getpixel((margin + pad + 32, first_row_y)) == (0, 0, 0)                # sample
+    assert img.getpixel((margin + 2 * pad + 64 + 32, first_row_y)) == (255, 255, 255)  # blank
+
+
+def test_plots_created(records_root, tmp_path):
+    df = results.rebuild_leaderboard(records_root, tmp_path / "lb")
+    paths = results.plot_leaderboard(df, tmp_path / "plots")
+    assert sorted(p.name for p in paths) == ["class_consistency.png", "classifier_fd.png",
+                                             "throughput_img_s.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+
+    single = results.plot_leaderboard(df.iloc[:1].drop(columns="throughput_img_s"), tmp_path / "one")
+    assert [p.name for p in single] == ["class_consistency.png", "classifier_fd.png"]
+    assert Image.open(single[0]).size[0] > 100
+
+
+def test_loss_curve(tmp_path):
+    steps = list(range(50))
+    losses = [1.0 / (s + 1) for s in steps]
+    losses[3] = 0.0  # non-positive values are dropped from the log plot
+    path = results.save_loss_curve(steps, losses, tmp_path / "curves" / "loss.png")
+    assert path.stat().st_size > 0
+    with pytest.raises(ValueError):
+        results.save_loss_curve([1, 2], [1.0], tmp_path / "bad.png")
