@@ -1,0 +1,67 @@
+import pytest
+import torch
+from torch import nn
+
+from benchmark.config import TrainConfig
+from benchmark.trainer import NonFiniteLossError, Trainer, lr_at
+
+
+def regression(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.1), nn.GELU(), nn.Linear(16, 1))
+    w = torch.randn(4, 1)
+
+    def batch_loss(step, g):
+        x = torch.randn(32, 4, generator=torch.Generator().manual_seed(step))
+        noise = 0.1 * torch.randn(32, 1, generator=g)
+        return ((model(x) - (x @ w + noise)) ** 2).mean()
+
+    return model, batch_loss
+
+
+CFG = TrainConfig(steps=12, batch_size=32, lr=1e-2, warmup_steps=2, checkpoint_every=3, log_every=1, ema_rate=0.9)
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path):
+    model, loss = regression()
+    straight = Trainer(model, loss, CFG, tmp_path / "a").fit()
+
+    model, loss = regression()
+    first = TrainConfig(**{**CFG.__dict__, "steps": 6})
+    Trainer(model, loss, first, tmp_path / "b").fit()  # "interrupted" after 6 steps
+    model, loss = regression(seed=123)  # a fresh process: other init, restored from the checkpoint
+    resumed = Trainer(model, loss, CFG, tmp_path / "b").fit()
+    assert [s for s, _ in resumed] == [s for s, _ in straight]
+    assert resumed == pytest.approx(straight, rel=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    model, loss = regression()
+    bad = lambda step, g: loss(step, g) * (float("nan") if step == 7 else 1.0)
+    trainer = Trainer(model, bad, CFG, tmp_path)
+    with pytest.raises(NonFiniteLossError, match="step 7.*checkpoint-last.pt"):
+        trainer.fit()
+    state = torch.load(tmp_path / "checkpoint-last.pt", weights_only=True)
+    assert state["step"] == 6 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    (tmp_path / "checkpoint-last.pt").write_bytes(b"not a checkpoint")
+    model, loss = regression()
+    with pytest.raises(RuntimeError, match="corrupt.*delete it"):
+        Trainer(model, loss, CFG, tmp_path).fit()
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, lr=1.0, min_lr=0.0, warmup_steps=10)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.5, abs=0.02) and lr_at(100, cfg) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ema_tracks_weights(tmp_path):
+    model, loss = regression()
+    trainer = Trainer(model, loss, CFG, tmp_path)
+    trainer.fit()
+    ema, raw = trainer.ema["0.weight"], model.state_dict()["0.weight"]
+    assert not torch.equal(ema, raw) and (ema - raw).abs().max() < 1.0
