@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
-from benchmark.config import ConfigError, load_config, preset_path, PRESET_DIR
+from benchmark.config import PRESET_DIR, ConfigError, load_config
 from methods.registry import DATASETS, METHODS, TOKENIZERS, UnknownNameError, lookup, names
 
 
@@ -26,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train, sample and evaluate methods; update results/")
     run.add_argument("--methods", nargs="+", required=True, help="registered method names (see `list`)")
     run.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the config's seed)")
+    run.add_argument("--stages", nargs="+", default=["tokenizer", "latents", "train", "evaluate"],
+                     help="stages to run, in order (default: all); finished stages are skipped anyway")
     _common(run)
     tok = sub.add_parser("train-tokenizer", help="train (or load) the tokenizer a method uses; cached")
     tok.add_argument("--method", default="flowar", help="the method whose tokenizer to train")
@@ -51,21 +55,32 @@ def split_overrides(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from jobs.sweep import collect, make_jobs, run_inline
+    from jobs.sweep import STAGES, collect, make_jobs, run_inline
     for m in args.methods:  # fail before any work
         lookup(METHODS, m)
     cfg = load_config(args.preset, args.overrides)
-    jobs = make_jobs(cfg, args.methods, args.seeds or [cfg.seed])
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from: {', '.join(STAGES)}")
+    if "evaluate" in args.stages and cfg.data.name != "shapes":
+        raise ConfigError(f"data.name={cfg.data.name!r}: this version scores only `shapes` (Inception FID/IS for "
+                          "image folders come with the evaluation-suite issue). Run with --stages tokenizer latents train.")
+    jobs = make_jobs(cfg, args.methods, args.seeds or [cfg.seed], args.stages)
     start = time.time()
     records = run_inline(jobs)
+    if "evaluate" not in args.stages:
+        print(f"{len(jobs)} job(s) finished in {time.time() - start:.0f}s: " + ", ".join(map(str, records)))
+        return 0
     frame = collect(cfg.paths.results)
     print(f"\n{len(records)} job(s) finished in {time.time() - start:.0f}s; records: "
           + ", ".join(str(r) for r in records))
     cols = [c for c in ("method", "seed", "class_consistency", "classifier_fd", "ref_classifier_acc_real",
                         "ref_classifier_acc_recon", "ref_untrained_class_consistency", "ref_untrained_classifier_fd",
                         "throughput_img_s", "params_m") if c in frame.columns]
-    if len(frame):
-        print(frame[frame.preset == cfg.preset][cols].to_string(index=False))
+    hashes = {json.loads(Path(r).read_text())["config_hash"] for r in records}
+    mine = frame[frame.config_hash.isin(hashes)] if len(frame) else frame
+    if len(mine):
+        print(mine[cols].to_string(index=False))
     print(f"leaderboard: {cfg.paths.results}/leaderboard.csv")
     return 0
 

@@ -100,11 +100,13 @@ class EvalConfig:
     reference_size: int = 2000     # real images for the reference statistics
     classifier_steps: int = 600    # shapes domain classifier: training steps (cached)
     floor: bool = True             # also evaluate the untrained model (the floor)
+    weights: str = "ema"           # ema | model (the raw weights)
     grid_per_class: int = 8        # images per class row in the sample grid
 
     def check(self, key: str) -> None:
         for name in ("samples_per_class", "batch_size", "reference_size", "classifier_steps", "grid_per_class"):
             check_positive(f"{key}.{name}", getattr(self, name))
+        check_choice(f"{key}.weights", self.weights, ["ema", "model"])
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,8 +39,9 @@ def build_dataset(cfg: DictConfig, split: str = "train", resolution: int | None 
     cls = lookup(DATASETS, data.name)
     if data.name == "imagefolder":
         return cls(root=data.root, resolution=resolution or data.resolution, split="train" if split == "train" else "val")
+    # The data seed is fixed: every run seed trains and is scored on the same images.
     return cls(resolution=resolution or data.resolution, num_classes=data.num_classes, variant=data.variant,
-               size=data.train_size, seed=cfg.seed * 0, split=split)  # the data never depends on the run seed
+               size=data.train_size, seed=0, split=split)
 
 
 def atomic_save_file(tensors: dict, path: Path, metadata: dict | None = None) -> None:
@@ -144,9 +144,23 @@ def build_method(cfg: DictConfig, method: str, tok) -> Method:
     return lookup(METHODS, method)(section(cfg, method), spec)
 
 
+def training_config(cfg: DictConfig, method: str) -> dict:
+    """What a trained model depends on: data, training, tokenizer and the method's model
+    settings, but not its sampler settings (those only change the evaluation)."""
+    sampler_keys = lookup(METHODS, method).sampler_keys
+    model = {k: v for k, v in OmegaConf.to_container(cfg[method]).items() if k not in sampler_keys}
+    return {"data": cfg.data, "train": cfg.train, method: model, "tokenizer": cfg[cfg[method].tokenizer]}
+
+
 def run_dir(cfg: DictConfig, method: str) -> Path:
-    key = config_hash({k: cfg[k] for k in ("data", "train", method, cfg[method].tokenizer)})
-    return Path(cfg.paths.runs) / cfg.preset / f"{method}-{key}" / f"seed{cfg.seed}"
+    return Path(cfg.paths.runs) / cfg.preset / f"{method}-{config_hash(training_config(cfg, method))}" / f"seed{cfg.seed}"
+
+
+def evaluation_key(cfg: DictConfig, method: str) -> str:
+    """The hash of everything behind a leaderboard row: the training config plus the
+    sampler and evaluation settings."""
+    sampler = {k: cfg[method][k] for k in lookup(METHODS, method).sampler_keys}
+    return config_hash({"train": training_config(cfg, method), "sampler": sampler, "eval": cfg.eval})
 
 
 def train_method(cfg: DictConfig, method: str) -> Path:
@@ -241,7 +255,7 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
                                   "datasets come with the evaluation-suite issue")
     tok = load_tokenizer(cfg, method, device)
     model = build_method(cfg, method, tok).to(device)
-    model.network.load_state_dict(load_weights(out / "ema.safetensors"))
+    model.network.load_state_dict(load_weights(out / f"{ev.weights}.safetensors"))
     train_set = build_dataset(cfg)
     classifier = clf.load_or_train_classifier(train_set, Path(cfg.paths.cache) / "classifiers",
                                               steps=ev.classifier_steps).to(device)
@@ -269,13 +283,13 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
         floor = score(classifier, floor_images, labels, real_feats)
         reference.update({f"untrained_{k}": v for k, v in floor.items()})
 
-    grid = results.save_sample_grid(images, labels, list(train_set.class_names), out / "samples.png",
+    grid = results.save_sample_grid(images, labels, list(train_set.class_names), out / f"samples-{evaluation_key(cfg, method)}.png",
                                     per_class=ev.grid_per_class)
-    shared_grid = Path(cfg.paths.results) / "grids" / f"{cfg.preset}_{method}_seed{cfg.seed}.png"
+    shared_grid = Path(cfg.paths.results) / "grids" / f"{cfg.preset}_{method}_{evaluation_key(cfg, method)}_seed{cfg.seed}.png"
     shared_grid.parent.mkdir(parents=True, exist_ok=True)
     shared_grid.write_bytes(grid.read_bytes())
     record = make_record(cfg, method, metrics, reference, sample_s, model)
-    results.write_record(out / "record.json", record)
+    results.write_record(out / f"record-{record['config_hash']}.json", record)
     return results.write_record(Path(cfg.paths.results) / "records" / f"{cfg.preset}_{method}_{record['config_hash']}_seed{cfg.seed}.json", record)
 
 
@@ -285,12 +299,13 @@ def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sa
     train_info = json.loads((out / "train.json").read_text()) if (out / "train.json").exists() else {}
     import diffusers, torch_fidelity
     return {
-        "method": method, "preset": cfg.preset, "seed": cfg.seed, "config_hash": out.parent.name.split("-")[-1],
+        "method": method, "preset": cfg.preset, "seed": cfg.seed, "config_hash": evaluation_key(cfg, method),
+        "train_hash": out.parent.name.split("-")[-1],
         "dataset": cfg.data.name, "resolution": cfg.data.resolution, "metrics": metrics, "reference": reference,
         "tokenizer": {"name": tok_info["name"], "psnr": tok_info["psnr"], "scaling_factor": tok_info["scaling_factor"]},
         "timings": {"tokenizer_s": tok_info.get("seconds", 0.0), "train_s": train_info.get("seconds", 0.0),
                     "sample_s": sample_s},
-        "protocol": {"evaluator": "shapes-classifier", "samples": int(len(balanced_labels(1, cfg.eval.samples_per_class)) * cfg.data.num_classes),
+        "protocol": {"evaluator": "shapes-classifier", "samples": cfg.eval.samples_per_class * cfg.data.num_classes,
                      "samples_per_class": cfg.eval.samples_per_class, "reference": f"shapes/reference[0:{cfg.eval.reference_size}]",
                      "quantization": "round((x+1)*127.5) to uint8", "seed_scheme": "per global image index",
                      "sampler": model.sampler_settings(), "throughput_batch_size": cfg.eval.batch_size,

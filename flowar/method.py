@@ -27,6 +27,7 @@ def draw_noise(shape: tuple, batch: int, generator, device) -> torch.Tensor:
 class FlowARMethod(Method):
     Config = FlowARConfig
     tokenizer_kind = "continuous"
+    sampler_keys = SAMPLER_KEYS
 
     def __init__(self, cfg: FlowARConfig, spec: TokenSpec):
         super().__init__(cfg, spec)

@@ -12,35 +12,41 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark import results, stages
 
 
+STAGES = {"tokenizer": stages.train_tokenizer, "latents": stages.encode_latents,
+          "train": stages.train_method, "evaluate": stages.evaluate_method}
+
+
 @dataclass
 class Job:
     cfg: DictConfig
     method: str
+    stages: tuple[str, ...] = tuple(STAGES)
 
     @property
     def name(self) -> str:
         return f"{self.method}/seed{self.cfg.seed}"
 
     def __call__(self) -> Path:
-        """Tokenizer -> latents -> train -> evaluate; returns the record path."""
+        """Runs the stages in order (by default tokenizer -> latents -> train -> evaluate);
+        returns the last stage's output (the record path after `evaluate`)."""
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        torch.set_flush_denormal(True)  # tiny weights/optimizer states must not hit the slow denormal path on CPU
         timings = {}
-        for stage in (stages.train_tokenizer, stages.encode_latents, stages.train_method, stages.evaluate_method):
+        for name in self.stages:
             start = time.time()
-            out = stage(self.cfg, self.method)
-            timings[stage.__name__] = time.time() - start
+            out = STAGES[name](self.cfg, self.method)
+            timings[name] = time.time() - start
         print(f"[{self.name}] done in {sum(timings.values()):.0f}s "
               + " ".join(f"{k}={v:.0f}s" for k, v in timings.items()), flush=True)
         return out
 
 
-def make_jobs(cfg: DictConfig, methods: list[str], seeds: list[int]) -> list[Job]:
+def make_jobs(cfg: DictConfig, methods: list[str], seeds: list[int], stage_names=tuple(STAGES)) -> list[Job]:
     jobs = []
     for method in methods:
         for seed in seeds:
-            job_cfg = OmegaConf.merge(cfg, {"seed": seed})
-            jobs.append(Job(job_cfg, method))
+            jobs.append(Job(OmegaConf.merge(cfg, {"seed": seed}), method, tuple(stage_names)))
     return jobs
 
 

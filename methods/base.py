@@ -32,6 +32,7 @@ class TokenSpec:
 class Method(nn.Module):
     Config: ClassVar[type]
     tokenizer_kind: ClassVar[str]  # continuous | multiscale_residual | multiscale_groundtruth
+    sampler_keys: ClassVar[tuple[str, ...]] = ()  # Config fields that only affect sampling
 
     def __init__(self, cfg, spec: TokenSpec):
         super().__init__()

@@ -66,3 +66,10 @@ def test_cli_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "methods: flowar" in out and "shapes" in out and "kl" in out and "tiny" in out
+
+
+def test_cli_rejects_unknown_stage_and_unscorable_data(capsys):
+    assert main(["run", "--methods", "flowar", "--stages", "train", "sample"]) == 2
+    assert "unknown stage(s) ['sample']" in capsys.readouterr().err
+    assert main(["run", "--methods", "flowar", "--preset", "imagenet256_flowar_s", "data.root=/nonexistent"]) == 2
+    assert "--stages tokenizer latents train" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def test_run_writes_record_leaderboard_grid_and_config(smoke_run):
         assert key in record["reference"]
     board = pd.read_csv(root / "results" / "leaderboard.csv")
     assert board.method.tolist() == ["flowar"]
-    assert (root / "results" / "grids" / "smoke_flowar_seed0.png").stat().st_size > 0
+    assert next((root / "results" / "grids").glob("smoke_flowar_*_seed0.png")).stat().st_size > 0
     run_dir = next((root / "runs" / "smoke").glob("flowar-*/seed0"))
     assert (run_dir / "config.yaml").exists() and (run_dir / "ema.safetensors").exists()
     assert seconds < 120

@@ -49,3 +49,27 @@ def test_posterior_sampling_is_seeded():
     a = tok.latents_from_moments(moments, torch.Generator().manual_seed(1))
     b = tok.latents_from_moments(moments, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, tok.latents_from_moments(moments, sample=False))
+
+
+def test_loads_a_diffusers_folder(tmp_path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(latent_channels=4, block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=2, scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    tok = KLTokenizer.from_pretrained(tmp_path / "vae").eval()
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expect = vae.encode(x).latent_dist.mean * 0.5
+        assert torch.allclose(tok.encode(x), expect, atol=1e-6)
+    assert tok.stride == 2 and tok.channels == 4
+
+
+def test_missing_pretrained_folder_is_a_clear_error(tmp_path):
+    import pytest
+
+    from benchmark.config import ConfigError, load_config
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        KLTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="kl.pretrained"):
+        load_config("tiny", [f"kl.pretrained={tmp_path}/nope"])
