@@ -60,6 +60,9 @@ class FlowARConfig:
             if width != int(width) or int(width) % 4:
                 raise ConfigError(f"{key}: the {part} attention head width is {width}; it must be a whole "
                                   "multiple of 4 (2-D RoPE). Change the embed dim or the number of heads.")
+        if self.decoder_embed_dim != self.encoder_embed_dim:
+            raise ConfigError(f"{key}.decoder_embed_dim={self.decoder_embed_dim} must equal {key}.encoder_embed_dim="
+                              f"{self.encoder_embed_dim}: the class embedding conditions the blocks of both")
         if self.flow_width % self.flow_head_dim:
             raise ConfigError(f"{key}.flow_width={self.flow_width} is not a multiple of "
                               f"{key}.flow_head_dim={self.flow_head_dim}")
