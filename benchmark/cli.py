@@ -34,6 +34,14 @@ def parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("train-tokenizer", help="train (or load) the tokenizer a method uses; cached")
     tok.add_argument("--method", default="flowar", help="the method whose tokenizer to train")
     _common(tok)
+    smp = sub.add_parser("sample", help="sample a checkpoint to PNGs + an ADM-style npz (resumable)")
+    smp.add_argument("--method", default="flowar")
+    smp.add_argument("--checkpoint", required=True, help="a suite run's ema.safetensors or an official checkpoint")
+    smp.add_argument("--tokenizer-checkpoint", default=None, help="sets <tokenizer>.pretrained")
+    smp.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    smp.add_argument("--num-classes", type=int, default=None, help="default: data.num_classes")
+    smp.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    _common(smp)
     sub.add_parser("list", help="list registered methods, tokenizers, datasets and presets")
     col = sub.add_parser("collect", help="rebuild the leaderboard and plots from the records")
     col.add_argument("--results", default="results")
@@ -59,6 +67,8 @@ def cmd_run(args) -> int:
     for m in args.methods:  # fail before any work
         lookup(METHODS, m)
     cfg = load_config(args.preset, args.overrides)
+    if cfg.data.name == "imagefolder" and not cfg.data.root:
+        raise ConfigError("data.root is not set; imagefolder needs data.root=/path/to/folder")
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; choose from: {', '.join(STAGES)}")
@@ -94,6 +104,19 @@ def cmd_train_tokenizer(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    from benchmark.sample import sample_to_folder
+    lookup(METHODS, args.method)
+    overrides = list(args.overrides)
+    if args.tokenizer_checkpoint:
+        cfg0 = load_config(args.preset, overrides)
+        overrides.append(f"{cfg0[args.method].tokenizer}.pretrained={args.tokenizer_checkpoint}")
+    cfg = load_config(args.preset, overrides)
+    sample_to_folder(cfg, args.method, args.checkpoint, args.out, args.num_classes or cfg.data.num_classes,
+                     ema=not args.raw)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     split_overrides(args)
@@ -102,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list()
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "sample":
+            return cmd_sample(args)
         if args.command == "train-tokenizer":
             return cmd_train_tokenizer(args)
         if args.command == "collect":

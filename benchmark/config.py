@@ -64,8 +64,6 @@ class DataConfig:
         check_choice(f"{key}.variant", self.variant, ["easy", "hard"])
         if self.name == "shapes":
             check_range(f"{key}.num_classes", self.num_classes, 2, 8)
-        if self.name == "imagefolder" and not self.root:
-            raise ConfigError(f"{key}.root is not set; imagefolder needs data.root=/path/to/folder")
 
 
 @dataclass

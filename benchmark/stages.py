@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from benchmark import results
-from benchmark.config import TrainConfig, config_hash, section
+from benchmark.config import ConfigError, TrainConfig, config_hash, section
 from benchmark.metrics import classifier as clf
 from benchmark.trainer import Trainer
 from methods.base import Method, TokenSpec
@@ -38,7 +38,13 @@ def build_dataset(cfg: DictConfig, split: str = "train", resolution: int | None 
     data = section(cfg, "data")
     cls = lookup(DATASETS, data.name)
     if data.name == "imagefolder":
-        return cls(root=data.root, resolution=resolution or data.resolution, split="train" if split == "train" else "val")
+        if not data.root:
+            raise ConfigError("data.root is not set; imagefolder needs data.root=/path/to/folder")
+        folder = cls(root=data.root, resolution=resolution or data.resolution, split="train" if split == "train" else "val")
+        if folder.num_classes != data.num_classes:
+            raise ConfigError(f"data.num_classes={data.num_classes} but {data.root} has {folder.num_classes} class "
+                              f"folders; set data.num_classes={folder.num_classes}")
+        return folder
     # The data seed is fixed: every run seed trains and is scored on the same images.
     return cls(resolution=resolution or data.resolution, num_classes=data.num_classes, variant=data.variant,
                size=data.train_size, seed=0, split=split)
@@ -139,8 +145,7 @@ def encode_latents(cfg: DictConfig, method: str) -> Path:
 # -- method ---------------------------------------------------------------------------
 def build_method(cfg: DictConfig, method: str, tok) -> Method:
     data = section(cfg, "data")
-    num_classes = build_dataset(cfg).num_classes if data.name == "imagefolder" else data.num_classes
-    spec = TokenSpec(channels=tok.channels, latent_size=data.resolution // tok.stride, num_classes=num_classes)
+    spec = TokenSpec(channels=tok.channels, latent_size=data.resolution // tok.stride, num_classes=data.num_classes)
     return lookup(METHODS, method)(section(cfg, method), spec)
 
 

@@ -2,6 +2,7 @@
 sampler, around the network in flowar/model.py."""
 from __future__ import annotations
 
+from pathlib import Path
 
 import torch
 
@@ -52,6 +53,16 @@ class FlowARMethod(Method):
             per_sample = flow_matching_loss(lambda x, tt: self.model.velocity(x, tt, z), x0, eps.to(x0), tk.to(x0))
             total = total + per_sample.mean() * x0.shape[1] / last
         return total
+
+    def load_weights(self, state_dict_or_path, ema: bool = True) -> "FlowARMethod":
+        """A suite run's ``.safetensors`` or an official FlowAR checkpoint (``model`` /
+        ``model_ema``); strict, with errors that name the file and the mismatching keys."""
+        from flowar import official
+        from benchmark.stages import load_weights
+        source = state_dict_or_path
+        if isinstance(source, (str, Path)) and str(source).endswith(".safetensors"):
+            return official.load(self, load_weights(Path(source)), ema=ema, name=str(source))
+        return official.load(self, source, ema=ema)
 
     def _offsets(self) -> list[tuple[int, int]]:
         return token_offsets(self.model.scales)

@@ -15,6 +15,7 @@ then add its module to ``methods.registry._BUILTIN_MODULES`` (or import it befor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -42,6 +43,15 @@ class Method(nn.Module):
     def network(self) -> nn.Module:
         """The module whose state dict is the checkpoint (official key names)."""
         raise NotImplementedError
+
+    def load_weights(self, state_dict_or_path, ema: bool = True) -> "Method":
+        """Load network weights (a suite run's ``ema/model.safetensors`` or the method's
+        official checkpoint format); strict."""
+        from benchmark.stages import load_weights
+        state = load_weights(Path(state_dict_or_path)) if isinstance(state_dict_or_path, (str, Path)) \
+            else state_dict_or_path
+        self.network.load_state_dict(state, strict=True)
+        return self
 
     def loss(self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scalar training loss for a batch of tokenized images."""

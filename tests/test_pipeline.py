@@ -53,3 +53,31 @@ def test_sampler_settings_share_the_trained_model(smoke_run):
     assert len(list((root / "runs" / "smoke").glob("flowar-*"))) == 1
     board = pd.read_csv(root / "results" / "leaderboard.csv")
     assert len(board) == 2 and board.config_hash.nunique() == 2
+
+
+def test_sample_command_writes_pngs_and_npz_and_resumes(smoke_run, tmp_path):
+    import numpy as np
+
+    root, paths, _ = smoke_run
+    ckpt = next((root / "runs" / "smoke").glob("flowar-*/seed0/ema.safetensors"))
+    out = tmp_path / "samples"
+    args = ["sample", "--method", "flowar", "--preset", "smoke", "--checkpoint", str(ckpt), "--out", str(out),
+            "eval.samples_per_class=2", *paths]
+    assert main(args) == 0
+    pngs = sorted((out / "images").glob("*.png"))
+    assert len(pngs) == 8  # 4 classes x 2
+    first = np.load(out / "samples.npz")["arr_0"]
+    assert first.shape == (8, 16, 16, 3) and first.dtype == np.uint8
+    pngs[3].unlink()  # a job killed part-way: only the missing image is redone, identically
+    stamp = pngs[0].stat().st_mtime_ns
+    assert main(args) == 0
+    assert pngs[0].stat().st_mtime_ns == stamp
+    assert np.array_equal(np.load(out / "samples.npz")["arr_0"], first)
+
+
+def test_sample_rejects_a_checkpoint_of_another_size(smoke_run, tmp_path, capsys):
+    root, paths, _ = smoke_run
+    ckpt = next((root / "runs" / "smoke").glob("flowar-*/seed0/ema.safetensors"))
+    with pytest.raises(RuntimeError, match="ema.safetensors does not fit"):
+        main(["sample", "--preset", "smoke", "--checkpoint", str(ckpt), "--out", str(tmp_path),
+              "flowar.encoder_depth=2", *paths])
