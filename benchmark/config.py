@@ -143,10 +143,15 @@ def schema() -> DictConfig:
     return cfg
 
 
+# The official model names, as aliases of the ImageNet presets.
+PRESET_ALIASES = {"flowar_small": "imagenet256_flowar_s", "flowar_large": "imagenet256_flowar_l",
+                  "flowar_huge": "imagenet256_flowar_h"}
+
+
 def preset_path(preset: str) -> Path:
-    path = PRESET_DIR / f"{preset}.yaml"
+    path = PRESET_DIR / f"{PRESET_ALIASES.get(preset, preset)}.yaml"
     if not path.exists():
-        available = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        available = sorted([p.stem for p in PRESET_DIR.glob("*.yaml")] + list(PRESET_ALIASES))
         raise ConfigError(f"preset={preset!r} is unknown; choose one of: {', '.join(available)}")
     return path
 

@@ -73,3 +73,8 @@ def test_cli_rejects_unknown_stage_and_unscorable_data(capsys):
     assert "unknown stage(s) ['sample']" in capsys.readouterr().err
     assert main(["run", "--methods", "flowar", "--preset", "imagenet256_flowar_s", "data.root=/nonexistent"]) == 2
     assert "--stages tokenizer latents train" in capsys.readouterr().err
+
+
+def test_official_model_names_are_preset_aliases():
+    cfg = load_config("flowar_huge", ["data.root=/data"])
+    assert cfg.flowar.flow_width == 1536 and cfg.flowar.num_flow_steps == 50 and cfg.flowar.guidance_high == 0.7
