@@ -15,13 +15,12 @@ from methods.scales import token_offsets
 SAMPLER_KEYS = ("num_flow_steps", "cfg", "guidance_low", "guidance_high")
 
 
-def draw_noise(shape: tuple, batch: int, generator, device) -> torch.Tensor:
-    """Gaussian noise (shape[0] * batch, *shape[1:]) laid out as [copy 0 of the batch; copy 1; ...].
-    With a list of per-image generators, image j's noise comes from generator j alone."""
+def draw_noise(batch: int, shape: tuple, generator, device) -> torch.Tensor:
+    """Gaussian noise (batch, *shape): one generator for the batch, or a list with one per
+    image (then image j's noise comes from generator j alone, whatever batch it is in)."""
     if isinstance(generator, (list, tuple)):
-        per_image = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generator], 1)
-        return per_image.flatten(0, 1).to(device)  # (copies, B, ...) -> (copies * B, ...)
-    return torch.randn((shape[0] * batch, *shape[1:]), generator=generator, device=device)
+        return torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generator]).to(device)
+    return torch.randn((batch, *shape), generator=generator, device=device)
 
 
 @METHODS.register_module("flowar")
@@ -84,7 +83,7 @@ class FlowARMethod(Method):
 
         ``generator`` is one generator for the batch, or one per image (then every image's
         noise is its own, whatever batch it is drawn in); ``noise`` gives each scale's noise
-        (B' , s^2, C) explicitly, B' = 2B under guidance ([conditional; unconditional])."""
+        (B', s^2, C) explicitly, B' = 2B under guidance ([conditional; unconditional])."""
         s = self.sampler_settings(**settings)
         model, scales = self.model, self.model.scales
         guided = s["cfg"] != 1.0  # the official sampler doubles the batch whenever cfg != 1
@@ -100,8 +99,11 @@ class FlowARMethod(Method):
             for k, side in enumerate(scales):
                 z = model.semantics_step(x, class_embedding, k)                          # (B', s^2, D)
                 ramp = 1 + (s["cfg"] - 1) * k / max(len(scales) - 1, 1)
-                eps = noise[k] if noise is not None else draw_noise(
-                    (z.shape[0] // B, side * side, model.token_channels), B, generator, z.device)
+                if noise is not None:
+                    eps = noise[k]
+                else:  # the unconditional half's noise never reaches the output: reuse the conditional one,
+                    eps = draw_noise(B, (side * side, model.token_channels), generator, z.device)
+                    eps = torch.cat([eps, eps]) if guided else eps  # so one seed gives one image at any cfg
                 tokens = euler_sample(lambda xt, t: model.velocity(xt, t, z), eps.to(z.device, z.dtype), grid,
                                       ramp, s["guidance_low"], s["guidance_high"]).float()
                 tokens = tokens[:B]                                                      # drop the null-class half
