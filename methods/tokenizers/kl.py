@@ -3,6 +3,17 @@
 Latents handed to methods are ``scaling_factor * z`` with z the posterior mean or a sample.
 The scaling factor is measured on the training data (1 / std of the latents) unless given,
 so that every method sees unit-variance latents, as with MAR's fixed 0.2325 for KL-16.
+
+Two kinds of architecture are described by ``KLConfig``:
+
+* trained here (``official: ""``, the default): small autoencoders trained by the suite, where
+  ``check()`` enforces at least 8 channels per GroupNorm group;
+* an official pretrained layout (``official: mar``): the LDM/MAR KL-VAE that FlowAR uses
+  (``methods/tokenizers/mar.py``: ``MAR_KL16``), whose weights come from the official checkpoint
+  (``kl.pretrained=/path/to/kl16.ckpt``). Its GroupNorm has 32 groups as in the official code
+  (4 channels per group at 128 channels); the weights were trained that way, so the
+  grey-reconstruction rule of thumb for training here does not apply, and such a config is
+  refused for training (``loss``).
 """
 from __future__ import annotations
 
@@ -17,6 +28,9 @@ from torch import nn
 
 from methods.registry import TOKENIZERS
 
+OFFICIAL_LAYOUTS = ("", "mar")
+CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt")   # kl.pretrained: an official checkpoint file, else a folder
+
 
 @dataclass
 class KLConfig:
@@ -28,7 +42,15 @@ class KLConfig:
     # loses each image's absolute colour and reconstructs grey images (measured).
     norm_num_groups: int = 8
     mid_block_attention: bool = False
-    pretrained: Optional[str] = None   # a diffusers AutoencoderKL folder to load instead of training
+    # Encoder levels (0-based, as block_out_channels) built as AttnDownEncoderBlock2D: a
+    # self-attention after every resnet (LDM/MAR's attn_resolutions; MAR KL-16: [4], 16 x 16).
+    attention_levels: List[int] = field(default_factory=list)
+    # "" : trained here. "mar": the LDM/MAR KL-VAE layout, weights from an official checkpoint
+    # (GroupNorm(32) as in the official code; not trained here). See the module docstring.
+    official: str = ""
+    # A diffusers AutoencoderKL folder, or an official MAR checkpoint file (.ckpt/.pth/.pt, with
+    # official: mar), to load instead of training.
+    pretrained: Optional[str] = None
     scaling_factor: float = 0.0        # 0: measure on the training data
     steps: int = 1500                  # training steps (when not pretrained)
     batch_size: int = 64
@@ -36,22 +58,45 @@ class KLConfig:
     kl_weight: float = 1e-6
 
     def check(self, key: str) -> None:
-        from benchmark.config import ConfigError, check_positive
+        from benchmark.config import ConfigError, check_choice, check_positive
         for name in ("latent_channels", "layers_per_block", "norm_num_groups", "steps", "batch_size", "lr"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_positive(f"{key}.kl_weight", self.kl_weight, allow_zero=True)
         check_positive(f"{key}.scaling_factor", self.scaling_factor, allow_zero=True)
+        check_choice(f"{key}.official", self.official, OFFICIAL_LAYOUTS)
+        levels = len(self.block_out_channels)
+        for level in self.attention_levels:
+            check_choice(f"{key}.attention_levels", level, range(levels))
+        if len(set(self.attention_levels)) != len(self.attention_levels):
+            raise ConfigError(f"{key}.attention_levels={list(self.attention_levels)} repeats a level")
+        if self.official == "mar":
+            # The official Normalize() is GroupNorm(32, eps=1e-6) everywhere, with a mid-block attention.
+            if self.norm_num_groups != 32 or not self.mid_block_attention:
+                raise ConfigError(f"{key}.official=mar needs {key}.norm_num_groups=32 and {key}.mid_block_attention=true "
+                                  f"(the official KL-VAE); got {self.norm_num_groups} and {self.mid_block_attention}")
         for width in self.block_out_channels:
             if width % self.norm_num_groups:
                 raise ConfigError(f"{key}.block_out_channels={list(self.block_out_channels)}: {width} is not divisible "
                                   f"by {key}.norm_num_groups={self.norm_num_groups}")
-            if width // self.norm_num_groups < 8:
+            # Trained here only: an official layout keeps the groups its weights were trained with.
+            if not self.official and width // self.norm_num_groups < 8:
                 raise ConfigError(f"{key}: {width} channels in {self.norm_num_groups} groups is {width // self.norm_num_groups} "
                                   "channels per GroupNorm group; use at least 8 (fewer loses colour: grey reconstructions). "
                                   f"Lower {key}.norm_num_groups or widen {key}.block_out_channels.")
-        if self.pretrained and not Path(self.pretrained).exists():
-            raise ConfigError(f"{key}.pretrained={self.pretrained!r} does not exist; give a local diffusers "
-                              "AutoencoderKL folder (with config.json and weights)")
+        if self.pretrained:
+            path = Path(self.pretrained)
+            if not path.exists():
+                raise ConfigError(f"{key}.pretrained={self.pretrained!r} does not exist; give a local diffusers "
+                                  "AutoencoderKL folder (with config.json and weights) or an official MAR checkpoint "
+                                  "file (kl16.ckpt)")
+            if path.is_file():
+                if path.suffix not in CHECKPOINT_SUFFIXES:
+                    raise ConfigError(f"{key}.pretrained={self.pretrained!r} is a file but not a checkpoint "
+                                      f"({', '.join(CHECKPOINT_SUFFIXES)}); give kl16.ckpt or a diffusers folder")
+                if self.official != "mar":
+                    raise ConfigError(f"{key}.pretrained={self.pretrained!r} is an official MAR checkpoint file; set the "
+                                      f"{key}: section to its architecture ({key}.official=mar, as in the "
+                                      "imagenet256_flowar_* presets; methods/tokenizers/mar.py MAR_KL16)")
 
 
 @TOKENIZERS.register_module("kl")
@@ -63,22 +108,32 @@ class KLTokenizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         levels = len(cfg.block_out_channels)
+        down = tuple("AttnDownEncoderBlock2D" if i in cfg.attention_levels else "DownEncoderBlock2D" for i in range(levels))
         self.vae = vae or AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
-            down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+            down_block_types=down, up_block_types=("UpDecoderBlock2D",) * levels,
             block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
             norm_num_groups=cfg.norm_num_groups, mid_block_add_attention=cfg.mid_block_attention)
         self.register_buffer("scaling_factor", torch.tensor(cfg.scaling_factor or 1.0))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, cfg: KLConfig | None = None) -> "KLTokenizer":
-        """Load a diffusers AutoencoderKL folder (local; nothing is downloaded)."""
+        """Load a diffusers AutoencoderKL folder, or an official MAR checkpoint file
+        (``kl16.ckpt``: .ckpt/.pth/.pt, converted strictly by ``methods.tokenizers.mar``, with
+        ``cfg`` describing its architecture, default ``MAR_KL16``). Local; nothing is downloaded."""
         path = Path(path)
+        if path.suffix in CHECKPOINT_SUFFIXES or path.is_file():
+            from methods.tokenizers.mar import load_mar_kl16
+            return load_mar_kl16(path, cfg)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} is not a diffusers AutoencoderKL folder (no config.json)")
         vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
+        attention = [i for i, kind in enumerate(vae.config.down_block_types) if kind.startswith("Attn")]
         cfg = cfg or KLConfig(latent_channels=vae.config.latent_channels,
-                              block_out_channels=list(vae.config.block_out_channels))
+                              block_out_channels=list(vae.config.block_out_channels),
+                              layers_per_block=vae.config.layers_per_block, norm_num_groups=vae.config.norm_num_groups,
+                              mid_block_attention=getattr(vae.config, "mid_block_add_attention", True),
+                              attention_levels=attention)
         tok = cls(cfg, vae)
         tok.scaling_factor.fill_(cfg.scaling_factor or vae.config.scaling_factor)
         return tok
@@ -114,6 +169,9 @@ class KLTokenizer(nn.Module):
 
     def loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss: L1 + L2 reconstruction of a posterior sample, plus a small KL term."""
+        if self.cfg.official:
+            raise RuntimeError(f"kl.official={self.cfg.official} describes an official pretrained architecture; it is "
+                               "loaded, not trained here: set kl.pretrained=/path/to/kl16.ckpt")
         dist = self.vae.encode(images).latent_dist
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator, device=images.device)
         recon = self.vae.decode(z).sample
