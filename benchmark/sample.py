@@ -38,11 +38,6 @@ def load_tokenizer_for_sampling(cfg: DictConfig, method: str, device: torch.devi
     return stages.load_tokenizer(cfg, method, device)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] (B, 3, H, W) -> uint8 (B, H, W, 3): round((x + 1) * 127.5), the suite's one conversion."""
-    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def sample_to_folder(cfg: DictConfig, method: str, checkpoint: str | Path, out: str | Path,
                      num_classes: int, ema: bool = True) -> Path:
     """Write ``images/{i:06d}.png`` for every image not yet written, then ``samples.npz``."""
@@ -63,10 +58,8 @@ def sample_to_folder(cfg: DictConfig, method: str, checkpoint: str | Path, out: 
     start = time.time()
     for b in tqdm(range(0, len(todo), ev.batch_size), desc=f"sample {method}", dynamic_ncols=True):
         idx = todo[b:b + ev.batch_size]
-        gens = [torch.Generator().manual_seed(stages.image_seed(cfg.seed, i)) for i in idx]
-        with torch.no_grad():
-            images = tok.decode(model.generate(labels[idx].to(device), gens)).clamp(-1, 1)
-        for i, arr in zip(idx, to_uint8(images)):
+        images = stages.generate_batch(model, tok, labels[idx], idx, cfg.seed, device)
+        for i, arr in zip(idx, stages.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()):
             tmp = out / "images" / f"{i:06d}.tmp.png"
             Image.fromarray(arr).save(tmp)
             tmp.replace(out / "images" / f"{i:06d}.png")  # a killed job leaves no half-written PNG

@@ -217,6 +217,13 @@ def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def generate_batch(model: Method, tok, labels: torch.Tensor, indices, seed: int, device: torch.device) -> torch.Tensor:
+    """Images in [-1, 1] for ``labels``; image i is drawn from its own seed ``image_seed(seed, i)``."""
+    gens = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
+    return tok.decode(model.generate(labels.to(device), gens)).clamp(-1, 1)
+
+
+@torch.no_grad()
 def generate_images(model: Method, tok, labels: torch.Tensor, seed: int, batch_size: int,
                     device: torch.device, desc: str = "sample") -> tuple[torch.Tensor, float]:
     """Images in [-1, 1] for ``labels`` (image i seeded by its index) and the sampling
@@ -227,10 +234,8 @@ def generate_images(model: Method, tok, labels: torch.Tensor, seed: int, batch_s
     starts = range(0, len(labels), batch_size)
     for b, start in enumerate(tqdm(starts, desc=desc, dynamic_ncols=True)):
         idx = range(start, min(start + batch_size, len(labels)))
-        gens = [torch.Generator().manual_seed(image_seed(seed, i)) for i in idx]
         t0 = time.perf_counter()
-        latents = model.generate(labels[start:idx.stop].to(device), gens)
-        images = tok.decode(latents).clamp(-1, 1)
+        images = generate_batch(model, tok, labels[start:idx.stop], idx, seed, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if b > 0 or len(starts) == 1:
@@ -239,10 +244,15 @@ def generate_images(model: Method, tok, labels: torch.Tensor, seed: int, batch_s
     return torch.cat(out), timed / max(seconds, 1e-9)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """The one float -> uint8 conversion used for every method's samples (scored or written
+    to PNG): round((x + 1) * 127.5), clamped to [0, 255]. (B, 3, H, W) stays (B, 3, H, W)."""
+    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def quantize(images: torch.Tensor) -> torch.Tensor:
-    """The one float -> uint8 -> float conversion applied to every method's samples before
-    scoring: round((x + 1) * 127.5), as a PNG would store them."""
-    return ((images + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+    """Samples as a PNG would store them, back in [-1, 1], for scoring."""
+    return to_uint8(images).float() / 127.5 - 1
 
 
 def score(classifier, images: torch.Tensor, labels: torch.Tensor, real_features: torch.Tensor) -> dict:
@@ -260,7 +270,7 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
                                   "datasets come with the evaluation-suite issue")
     tok = load_tokenizer(cfg, method, device)
     model = build_method(cfg, method, tok).to(device)
-    model.network.load_state_dict(load_weights(out / f"{ev.weights}.safetensors"))
+    model.load_weights(out / f"{ev.weights}.safetensors")
     train_set = build_dataset(cfg)
     classifier = clf.load_or_train_classifier(train_set, Path(cfg.paths.cache) / "classifiers",
                                               steps=ev.classifier_steps).to(device)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from flowar.method import FlowARMethod
-from flowar.model import FlowAR, FlowARConfig
+from flowar.model import FlowARConfig
 from methods.base import TokenSpec
 from methods.scales import doubling_scales, token_offsets
 
@@ -122,10 +122,6 @@ def load(model: FlowARMethod, state_dict_or_path, ema: bool = True, name: str | 
                            "Build the model with the preset the checkpoint was trained with (flowar_small/large/huge).")
     model.network.load_state_dict(state, strict=True)
     return model
-
-
-def tokens(latent: torch.Tensor) -> torch.Tensor:
-    return FlowAR.to_tokens(latent)
 
 
 def scale_slice(model: FlowARMethod, scale: int) -> slice:
