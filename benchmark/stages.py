@@ -91,25 +91,29 @@ def train_tokenizer(cfg: DictConfig, method: str) -> Path:
 
         Trainer(tok, batch_loss, train_cfg, out / "train", seed=0, device=device, desc=f"tokenizer {name}").fit()
     tok.eval()
-    if not tcfg.scaling_factor:  # unit-variance latents for the methods
+    if tok.kind == "continuous" and not tcfg.scaling_factor:  # unit-variance latents for the methods
         with torch.no_grad():
             lat = tok.encode(data.render(np.arange(min(1024, len(data))))[0].to(device))
         tok.scaling_factor.fill_(1.0 / lat.float().std().item() * float(tok.scaling_factor))
     metrics = tokenizer_metrics(tok, cfg, device)
     atomic_save_file(tok.state_dict(), out / "tokenizer.safetensors")
-    (out / "tokenizer.json").write_text(json.dumps({"name": name, "config": OmegaConf.to_container(cfg[name]),
-                                                    "scaling_factor": float(tok.scaling_factor),
+    scaling = {"scaling_factor": float(tok.scaling_factor)} if hasattr(tok, "scaling_factor") else {}
+    (out / "tokenizer.json").write_text(json.dumps({"name": name, "kind": tok.kind, "config": OmegaConf.to_container(cfg[name]),
+                                                    **scaling,
                                                     "seconds": time.time() - start, **metrics}, indent=2))
     return out
 
 
 @torch.no_grad()
 def tokenizer_metrics(tok, cfg: DictConfig, device: torch.device, n: int = 512) -> dict:
-    """Reconstruction PSNR on held-out images (and the recon grid for a person to look at)."""
+    """Reconstruction PSNR on held-out images; for a VQ, codebook usage on them too."""
     images, labels = build_dataset(cfg, "test").render(np.arange(n))
     recon = torch.cat([tok.decode(tok.encode(x.to(device))).clamp(-1, 1).cpu() for x in images.split(128)])
     mse = ((recon - images) / 2).pow(2).flatten(1).mean(1)
-    return {"psnr": float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()), "n_images": n}
+    metrics = {"psnr": float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()), "n_images": n}
+    if hasattr(tok, "usage"):
+        metrics.update(tok.usage(torch.cat([tok.to_cache(x.to(device)) for x in images.split(128)])))
+    return metrics
 
 
 def load_tokenizer(cfg: DictConfig, method: str, device: torch.device):
@@ -124,8 +128,8 @@ def load_tokenizer(cfg: DictConfig, method: str, device: torch.device):
 # -- latents --------------------------------------------------------------------------
 @torch.no_grad()
 def encode_latents(cfg: DictConfig, method: str) -> Path:
-    """Posterior moments of every training image, computed once and reused by every method
-    and seed that shares the tokenizer and data."""
+    """Every training image encoded once (``tok.to_cache``: a KL's posterior moments, a VQ's
+    token indices), reused by every method and seed that shares the tokenizer and data."""
     _, key = tokenizer_key(cfg, method)
     path = Path(cfg.paths.cache) / "latents" / f"{key}.safetensors"
     if path.exists():
@@ -133,12 +137,12 @@ def encode_latents(cfg: DictConfig, method: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     tok, data = load_tokenizer(cfg, method, device), build_dataset(cfg)
-    moments, labels = [], []
+    encoded, labels = [], []
     for start in range(0, len(data), 256):
         x, y = data.render(np.arange(start, min(start + 256, len(data))))
-        moments.append(tok.moments(x.to(device)).cpu())
+        encoded.append(tok.to_cache(x.to(device)).cpu())
         labels.append(y)
-    atomic_save_file({"moments": torch.cat(moments), "labels": torch.cat(labels)}, path)
+    atomic_save_file({"encoded": torch.cat(encoded), "labels": torch.cat(labels)}, path)
     return path
 
 
@@ -146,7 +150,7 @@ def encode_latents(cfg: DictConfig, method: str) -> Path:
 def build_method(cfg: DictConfig, method: str, tok) -> Method:
     data = section(cfg, "data")
     spec = TokenSpec(channels=tok.channels, latent_size=data.resolution // tok.stride, num_classes=data.num_classes)
-    return lookup(METHODS, method)(section(cfg, method), spec)
+    return lookup(METHODS, method)(section(cfg, method), spec, tok)
 
 
 def training_config(cfg: DictConfig, method: str) -> dict:
@@ -178,7 +182,7 @@ def train_method(cfg: DictConfig, method: str) -> Path:
     device = resolve_device(cfg.device)
     tok = load_tokenizer(cfg, method, device)
     cache = load_weights(encode_latents(cfg, method))
-    moments, labels = cache["moments"].to(device), cache["labels"].to(device)
+    encoded, labels = cache["encoded"].to(device), cache["labels"].to(device)
     torch.manual_seed(cfg.seed)
     model = build_method(cfg, method, tok).to(device)
     train_cfg: TrainConfig = section(cfg, "train")
@@ -190,8 +194,8 @@ def train_method(cfg: DictConfig, method: str) -> Path:
         epoch, i = divmod(step, per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
         idx = perm[i * train_cfg.batch_size:(i + 1) * train_cfg.batch_size]
-        latents = tok.latents_from_moments(moments[idx], g)  # a fresh posterior sample (as MAR/FlowAR)
-        return model.loss(latents, labels[idx], g)
+        inputs = tok.from_cache(encoded[idx], g)  # KL: a fresh posterior sample (as MAR/FlowAR); VQ: the tokens
+        return model.loss(inputs, labels[idx], g)
 
     start = time.time()
     history = Trainer(model, batch_loss, train_cfg, out, seed=cfg.seed, device=device, desc=f"train {method}").fit()
@@ -317,7 +321,8 @@ def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sa
         "method": method, "preset": cfg.preset, "seed": cfg.seed, "config_hash": evaluation_key(cfg, method),
         "train_hash": out.parent.name.split("-")[-1],
         "dataset": cfg.data.name, "resolution": cfg.data.resolution, "metrics": metrics, "reference": reference,
-        "tokenizer": {"name": tok_info["name"], "psnr": tok_info["psnr"], "scaling_factor": tok_info["scaling_factor"]},
+        "tokenizer": {k: tok_info[k] for k in ("name", "kind", "psnr", "scaling_factor", "codebook_usage_pct", "dead_codes")
+                      if k in tok_info},
         "timings": {"tokenizer_s": tok_info.get("seconds", 0.0), "train_s": train_info.get("seconds", 0.0),
                     "sample_s": sample_s},
         "protocol": {"evaluator": "shapes-classifier", "samples": cfg.eval.samples_per_class * cfg.data.num_classes,

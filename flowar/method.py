@@ -29,8 +29,8 @@ class FlowARMethod(Method):
     tokenizer_kind = "continuous"
     sampler_keys = SAMPLER_KEYS
 
-    def __init__(self, cfg: FlowARConfig, spec: TokenSpec):
-        super().__init__(cfg, spec)
+    def __init__(self, cfg: FlowARConfig, spec: TokenSpec, tokenizer=None):
+        super().__init__(cfg, spec, tokenizer)
         self.model = FlowAR(cfg, spec.channels, spec.latent_size, spec.num_classes)
 
     @property
@@ -65,14 +65,6 @@ class FlowARMethod(Method):
 
     def _offsets(self) -> list[tuple[int, int]]:
         return token_offsets(self.model.scales)
-
-    def sampler_settings(self, **overrides) -> dict:
-        settings = {k: getattr(self.cfg, k) for k in SAMPLER_KEYS}
-        unknown = set(overrides) - set(SAMPLER_KEYS)
-        if unknown:
-            raise ValueError(f"unknown FlowAR sampler setting(s) {sorted(unknown)}; valid: {', '.join(SAMPLER_KEYS)}")
-        settings.update(overrides)
-        return settings
 
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None,

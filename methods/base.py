@@ -35,7 +35,9 @@ class Method(nn.Module):
     tokenizer_kind: ClassVar[str]  # continuous | multiscale_residual | multiscale_groundtruth
     sampler_keys: ClassVar[tuple[str, ...]] = ()  # Config fields that only affect sampling
 
-    def __init__(self, cfg, spec: TokenSpec):
+    def __init__(self, cfg, spec: TokenSpec, tokenizer: nn.Module | None = None):
+        """``tokenizer``: the trained tokenizer, for methods whose inputs or sampler use its
+        parts (VAR's teacher-forcing inputs and next-scale maps come from its quantizer)."""
         super().__init__()
         self.cfg, self.spec = cfg, spec
 
@@ -62,6 +64,12 @@ class Method(nn.Module):
         """Latents (B, C, h, w) for the class labels; ``settings`` override the sampler config."""
         raise NotImplementedError
 
-    def sampler_settings(self) -> dict:
-        """The sampler settings in force (recorded with every result)."""
-        raise NotImplementedError
+    def sampler_settings(self, **overrides) -> dict:
+        """The sampler settings in force (recorded with every result), with ``overrides``."""
+        settings = {k: getattr(self.cfg, k) for k in self.sampler_keys}
+        unknown = set(overrides) - set(self.sampler_keys)
+        if unknown:
+            raise ValueError(f"unknown {type(self).__name__} sampler setting(s) {sorted(unknown)}; "
+                             f"valid: {', '.join(self.sampler_keys)}")
+        settings.update(overrides)
+        return settings

@@ -27,6 +27,7 @@ _BUILTIN_MODULES = (
     "benchmark.datasets",
     "methods.tokenizers",
     "flowar.method",
+    "var_baseline.method",
 )
 
 

@@ -1,4 +1,5 @@
-"""VAR baseline (next-scale prediction of residual tokens, arXiv 2404.02905).
+"""VAR baseline (next-scale prediction of residual tokens, Tian et al., arXiv 2404.02905).
 
-Empty for now: the VAR-baseline issue fills it (multi-scale residual VQ tokenizer in
-methods/tokenizers, the VAR transformer, official checkpoints, ``official.py``)."""
+``model.py``: the transformer; ``method.py``: loss and sampler (registered as ``var``);
+``official.py``: the official constructor names, checkpoint loading and call conventions. Its
+tokenizer is ``msvq`` (methods/tokenizers/msvq.py)."""

@@ -2,9 +2,10 @@
 
 * ``continuous`` — image <-> latent (B, C, h, w): ``kl`` (diffusers AutoencoderKL; MAR's KL-16
   loads into it through methods/tokenizers/mar.py);
-* ``multiscale_residual`` — VAR's multi-scale residual VQ (VAR baseline issue);
+* ``multiscale_residual`` — image <-> per-scale token maps: ``msvq`` (VAR's multi-scale residual VQ);
 * ``multiscale_groundtruth`` — FlexVAR's VQ (FlexVAR issue).
 """
 from methods.tokenizers.kl import KLConfig, KLTokenizer
+from methods.tokenizers.msvq import MSVQConfig, MSVQTokenizer
 
-__all__ = ["KLConfig", "KLTokenizer"]
+__all__ = ["KLConfig", "KLTokenizer", "MSVQConfig", "MSVQTokenizer"]

@@ -159,6 +159,13 @@ class KLTokenizer(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return (mean + std * eps) * self.scaling_factor
 
+    def to_cache(self, images: torch.Tensor) -> torch.Tensor:
+        """What the training cache stores: the posterior moments (a fresh sample per step)."""
+        return self.moments(images)
+
+    def from_cache(self, cached: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.latents_from_moments(cached, generator)
+
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
         """Images in [-1, 1] -> scaled latents (B, C, h, w); the posterior mean unless ``sample``."""
         return self.latents_from_moments(self.moments(images), generator, sample)

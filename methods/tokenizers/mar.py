@@ -52,7 +52,7 @@ def mar_config(*, ch: int = 128, ch_mult: Sequence[int] = (1, 1, 2, 2, 4), num_r
 # models/vae.py:AutoencoderKL(embed_dim=16, ch_mult=(1, 1, 2, 2, 4)) (Encoder/Decoder defaults).
 MAR_KL16 = mar_config()
 
-_ENCODER_ATTN = re.compile(r"^encoder\.down\.(\d+)\.attn\.(\d+)\.(norm|q|k|v|proj_out)\.(weight|bias)$")
+_LEVEL_ATTN = re.compile(r"^(encoder\.down|decoder\.up)\.(\d+)\.attn\.(\d+)\.(norm|q|k|v|proj_out)\.(weight|bias)$")
 _ATTN_NAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 
 
@@ -85,11 +85,13 @@ def mar_key_map(shapes: Mapping[str, Sequence[int]]) -> dict[str, str]:
     """diffusers key -> official key for an official state dict's key names (values: shapes).
     Raises ``RuntimeError`` if an official key is left unused or used twice."""
     mapping, rest = {}, {}
+    n_up = 1 + max((int(m.group(1)) for k in shapes if (m := re.match(r"decoder\.up\.(\d+)\.", k))), default=-1)
     for key, shape in shapes.items():
-        m = _ENCODER_ATTN.match(key)
-        if m:   # attention inside an encoder level: AttnDownEncoderBlock2D.attentions[j]
-            level, j, name, kind = m.groups()
-            mapping[f"encoder.down_blocks.{level}.attentions.{j}.{_ATTN_NAMES[name]}.{kind}"] = key
+        m = _LEVEL_ATTN.match(key)
+        if m:   # attention inside a level: Attn{Down,Up}{En,De}coderBlock2D.attentions[j]
+            part, level, j, name, kind = m.groups()
+            block = f"encoder.down_blocks.{level}" if part == "encoder.down" else f"decoder.up_blocks.{n_up - 1 - int(level)}"
+            mapping[f"{block}.attentions.{j}.{_ATTN_NAMES[name]}.{kind}"] = key
         else:
             rest[key] = len(shape)
     for new, old in _diffusers_names(rest).items():
@@ -100,7 +102,7 @@ def mar_key_map(shapes: Mapping[str, Sequence[int]]) -> dict[str, str]:
     twice = sorted(k for k, n in used.items() if n > 1)
     unused = [k for k in shapes if k not in used]
     if twice or unused:
-        raise RuntimeError(f"official keys not converted to the diffusers AutoencoderKL: unused {unused[:_SHOW]}"
+        raise RuntimeError(f"official keys not converted to diffusers' encoder/decoder: unused {unused[:_SHOW]}"
                            f"{' ...' if len(unused) > _SHOW else ''}, used twice {twice[:_SHOW]} "
                            f"({len(unused)} unused, {len(twice)} twice)")
     return mapping

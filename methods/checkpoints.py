@@ -1,0 +1,70 @@
+"""Safe reading and strict checking of official checkpoints, shared by every method's loader.
+
+Files are read with ``torch.load(weights_only=True)`` (or safetensors): nothing in a checkpoint
+runs code. Errors name the file, what it should have been and the first offending keys.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+
+SHOW = 6   # offending keys named in an error
+
+
+def read_checkpoint(path: str | Path, what: str, allowed_globals: Iterable = ()) -> object:
+    """Load a torch or safetensors file safely. ``what`` names the expected file in errors;
+    ``allowed_globals`` are the non-tensor classes the official format pickles (if any)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file (expected {what}; give its local path)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise RuntimeError(f"{path} is not a readable safetensors file ({err}); expected {what}") from None
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle garbage, not a torch file at all
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))   # torch's messages carry terminal colours
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if pickled:
+            raise RuntimeError(f"{path} holds Python objects besides tensors ({pickled.group(1)}), which "
+                               "torch.load(weights_only=True) refuses; re-save just its state dict with "
+                               "torch.save(state_dict, ...)") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        reason = detail.group(1) if detail else (text.strip().splitlines() or [""])[0][:200]
+        raise RuntimeError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {reason}); it may be "
+                           f"truncated or corrupt (expected {what}): download it again") from None
+
+
+def tensor_dict(obj: object, source: str, what: str, nested: Iterable[str] = ("model",)) -> dict[str, torch.Tensor]:
+    """The state dict in ``obj``: a mapping of tensors, or one under a ``nested`` key."""
+    if isinstance(obj, Mapping):
+        for key in nested:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not (isinstance(obj, Mapping) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                     for k, v in obj.items())):
+        found = list(obj)[:SHOW] if isinstance(obj, Mapping) else type(obj).__name__
+        raise RuntimeError(f"{source} is not {what}: expected a state dict of tensors"
+                           f"{' (or one under ' + ', '.join(map(repr, nested)) + ')' if nested else ''}; found {found}")
+    return dict(obj)
+
+
+def check_keys(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str, hint: str) -> None:
+    """Raise if ``state`` differs from ``expected`` in key names or shapes; ``hint`` says what to change."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{name} ({len(items)}): {items[:SHOW]}{' ...' if len(items) > SHOW else ''}"
+                 for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+                 if items]
+        raise RuntimeError(f"{source} does not fit {hint}: " + "; ".join(parts))

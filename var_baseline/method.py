@@ -1,0 +1,96 @@
+"""VAR as a benchmark method: next-scale cross-entropy on teacher-forced token maps, and the
+scale-by-scale sampler (KV cache, CFG growing linearly over scales, top-k / top-p, optional
+Gumbel smoothing), around the network in var_baseline/model.py and the msvq quantizer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from methods.base import Method, TokenSpec
+from methods.registry import METHODS
+from methods.sampling import Generators, cfg_logits, gumbel_softmax, sample_tokens
+from var_baseline.model import VAR, VARConfig, cross_entropy
+
+SAMPLER_KEYS = ("cfg", "top_k", "top_p", "more_smooth")
+
+
+@METHODS.register_module("var")
+class VARMethod(Method):
+    Config = VARConfig
+    tokenizer_kind = "multiscale_residual"
+    sampler_keys = SAMPLER_KEYS
+
+    def __init__(self, cfg: VARConfig, spec: TokenSpec, tokenizer=None):
+        super().__init__(cfg, spec, tokenizer)
+        if tokenizer is None or getattr(tokenizer, "kind", None) != self.tokenizer_kind:
+            kind = getattr(tokenizer, "kind", None)
+            raise ValueError(f"VAR needs a multi-scale residual VQ tokenizer (var.tokenizer=msvq); got {kind!r}")
+        quantizer = tokenizer.quantize
+        if quantizer.patch_nums[-1] != spec.latent_size:
+            raise ValueError(f"the tokenizer's last scale {quantizer.patch_nums[-1]} differs from the latent side "
+                             f"{spec.latent_size}: set msvq.patch_nums to end at data.resolution / stride")
+        self._quantizer = (quantizer,)   # not a submodule: the checkpoint holds the transformer only
+        self.model = VAR(cfg, quantizer.channels, quantizer.vocab_size, quantizer.patch_nums, spec.num_classes)
+
+    @property
+    def network(self) -> VAR:
+        return self.model
+
+    @property
+    def quantizer(self):
+        return self._quantizer[0]
+
+    def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        return list(tokens.split([p * p for p in self.model.patch_nums], dim=1))
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Cross-entropy of every scale's tokens given the coarser scales (teacher forcing);
+        the class is replaced by the null class with probability ``cond_drop_rate``."""
+        with torch.no_grad():
+            x_input = self.quantizer.teacher_forcing_input(self.split(tokens))
+        drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < self.cfg.cond_drop_rate
+        labels = torch.where(drop, self.model.num_classes, labels)
+        return cross_entropy(self.model(labels, x_input), tokens)
+
+    def load_weights(self, state_dict_or_path, ema: bool = True) -> "VARMethod":
+        """A suite run's ``.safetensors`` or an official checkpoint (``var_d16.pth`` ...); strict."""
+        from var_baseline import official
+        return official.load(self, state_dict_or_path)
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, generator: Generators = None, return_tokens: bool = False,
+                 **settings):
+        """Sample scale by scale and return f_hat (B, C, h, w) (the tokenizer decodes it).
+
+        At scale k of K the logits are guided with weight cfg * k / (K - 1) (no guidance at
+        the first scale), filtered by top-k / top-p and sampled; with ``more_smooth`` the code
+        map mixes the codebook with Gumbel-softmax weights instead (sharper visualisations,
+        not for FID). ``generator``: one for the batch (the official draw order) or one per
+        image. ``return_tokens`` also returns the tokens drawn at every scale."""
+        s = self.sampler_settings(**settings)
+        model, quantizer = self.model, self.quantizer
+        B, K, C = labels.shape[0], len(model.patch_nums), quantizer.channels
+        class_embedding = model.class_emb(torch.cat((labels, torch.full_like(labels, model.num_classes))))
+        x = model.first_input(class_embedding)                                     # (2B, first_l, width)
+        f_hat = class_embedding.new_zeros(B, C, model.patch_nums[-1], model.patch_nums[-1])
+        drawn = []
+        model.enable_cache(True)
+        try:
+            for k, pn in enumerate(model.patch_nums):
+                ratio = k / (K - 1)
+                logits = cfg_logits(model.step(x, class_embedding), s["cfg"] * ratio)
+                idx = sample_tokens(logits, generator, s["top_k"], s["top_p"])      # filters logits in place
+                drawn.append(idx)
+                if s["more_smooth"]:   # temperature annealed over scales, as MaskGIT
+                    weights = gumbel_softmax(logits.mul(1 + ratio), max(0.27 * (1 - ratio * 0.95), 0.005), generator)
+                    h = weights @ quantizer.embedding.weight.unsqueeze(0)
+                else:
+                    h = quantizer.embedding(idx)
+                h = h.transpose_(1, 2).reshape(B, C, pn, pn)
+                f_hat, next_map = quantizer.next_input(k, f_hat, h)
+                if k < K - 1:
+                    x = model.next_input(next_map, k + 1).repeat(2, 1, 1)             # [cond; uncond]
+        finally:
+            model.enable_cache(False)
+        return (f_hat, drawn) if return_tokens else f_hat
