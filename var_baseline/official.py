@@ -182,10 +182,11 @@ def logits(model: VARMethod, labels: torch.Tensor, x_input: torch.Tensor) -> tor
 @torch.no_grad()
 def sample(model: VARMethod, vqvae: MSVQTokenizer, labels: torch.Tensor | int | None, seed: int, cfg: float = 1.5,
            top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False, batch_size: int | None = None,
-           return_tokens: bool = False):
-    """The official ``autoregressive_infer_cfg`` → images (B, 3, H, W) in [0, 1] (and the
-    tokens drawn per scale with ``return_tokens``). ``labels``: a tensor, an int for the whole
-    batch (negative: unconditional), or None for random labels (then ``batch_size`` is needed)."""
+           return_all: bool = False):
+    """The official ``autoregressive_infer_cfg`` → images (B, 3, H, W) in [0, 1]; with
+    ``return_all`` a dict of the images, the labels used, the tokens drawn per scale and f_hat.
+    ``labels``: a tensor, an int for the whole batch (negative: unconditional), or None for
+    random labels (then ``batch_size`` is needed)."""
     model.eval()
     device = next(model.network.parameters()).device
     num_classes = model.network.num_classes
@@ -200,4 +201,4 @@ def sample(model: VARMethod, vqvae: MSVQTokenizer, labels: torch.Tensor | int | 
     f_hat, tokens = model.generate(labels.to(device), generator, return_tokens=True, cfg=cfg, top_k=top_k, top_p=top_p,
                                    more_smooth=more_smooth)
     images = vqvae.decode(f_hat).clamp(-1, 1).add(1).mul(0.5)
-    return (images, tokens) if return_tokens else images
+    return dict(images=images, labels=labels, tokens=tokens, f_hat=f_hat) if return_all else images

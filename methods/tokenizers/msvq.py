@@ -48,6 +48,11 @@ class MSVQConfig:
     quant_resi: float = 0.5              # phi(h) = (1 - q) h + q conv(h)
     share_quant_resi: int = 4            # 0: one phi per scale; 1: one phi; n: n shared phis
     default_qresi_counts: int = 0        # with share_quant_resi=0: number of phis (0: one per scale)
+    # Training here: every `restart_every` steps, codes that went unused (EMA hits below
+    # `restart_threshold` per step) restart at residual vectors drawn from the batch. Without
+    # it a small codebook trained from scratch collapses to a few percent of its codes (measured).
+    restart_every: int = 25
+    restart_threshold: float = 0.03
     patch_nums: List[int] = field(default_factory=lambda: list(VAR_PATCH_NUMS))
     # An official VAR tokenizer checkpoint (vae_ch160v4096z32.pth) to load instead of training.
     pretrained: Optional[str] = None
@@ -98,8 +103,9 @@ class MultiScaleQuantizer(nn.Module):
 
     def __init__(self, vocab_size: int, channels: int, patch_nums: Sequence[int], beta: float = 0.25,
                  using_znorm: bool = False, quant_resi: float = 0.5, share_quant_resi: int = 4,
-                 default_qresi_counts: int = 0):
+                 default_qresi_counts: int = 0, restart_every: int = 0, restart_threshold: float = 0.03):
         super().__init__()
+        self.restart_every, self.restart_threshold = restart_every, restart_threshold
         self.vocab_size, self.channels, self.patch_nums = vocab_size, channels, tuple(patch_nums)
         self.beta, self.using_znorm = beta, using_znorm
         count = (default_qresi_counts or len(self.patch_nums)) if share_quant_resi == 0 else share_quant_resi
@@ -108,6 +114,7 @@ class MultiScaleQuantizer(nn.Module):
         self.embedding = nn.Embedding(vocab_size, channels)
         # Per-scale codebook hits (EMA), for usage / dead-code monitoring during training.
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), vocab_size))
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))   # restart clock (resumable)
 
     def refine(self, h: torch.Tensor, k: int, num_scales: int) -> torch.Tensor:
         """phi for scale k of num_scales (the phi whose tick is nearest to k / (K - 1))."""
@@ -148,7 +155,7 @@ class MultiScaleQuantizer(nn.Module):
             out.append(f_hat.clone() if to_fhat else idx.reshape(B, side[0] * side[1]))
         return out
 
-    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, f: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: (f_hat with a straight-through gradient to f, VQ loss, hits (K, V)).
 
         The VQ loss averages over scales the commitment term beta |sg(f_hat_k) - f|^2 and the
@@ -157,11 +164,12 @@ class MultiScaleQuantizer(nn.Module):
         B, C, H, W = f.shape
         f_no_grad = f.detach()
         rest, f_hat = f_no_grad.clone(), torch.zeros_like(f_no_grad)
-        loss, hits, K = 0.0, [], len(self.patch_nums)
+        loss, hits, residuals, K = 0.0, [], [], len(self.patch_nums)
         for k, pn in enumerate(self.patch_nums):
             last = k == K - 1
             z = rest if last else F.interpolate(rest, size=(pn, pn), mode="area")
-            idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, C))
+            residuals.append(z.permute(0, 2, 3, 1).reshape(-1, C))
+            idx = self.nearest(residuals[-1])
             hits.append(idx.bincount(minlength=self.vocab_size).float())
             h = self.refine(self.code_map(idx, (pn, pn), (H, W), last), k, K)
             f_hat = f_hat + h
@@ -169,8 +177,22 @@ class MultiScaleQuantizer(nn.Module):
             loss = loss + F.mse_loss(f_hat.detach(), f).mul(self.beta) + F.mse_loss(f_hat, f_no_grad)
         hits = torch.stack(hits)
         if self.training:
-            self.ema_vocab_hit_SV.mul_(0.99).add_(hits, alpha=0.01)
+            self.ema_vocab_hit_SV.mul_(0.9).add_(hits, alpha=0.1)
+            self.train_steps += 1
+            if self.restart_every and int(self.train_steps) % self.restart_every == 0:
+                self.restart_dead_codes(torch.cat(residuals), generator)
         return (f_hat.detach() - f_no_grad) + f, loss / K, hits
+
+    @torch.no_grad()
+    def restart_dead_codes(self, residuals: torch.Tensor, generator: torch.Generator | None) -> int:
+        """Move codes whose EMA hits (all scales) fell below the threshold onto residual
+        vectors of the batch (Dhariwal et al. 2020, Jukebox's codebook restarts)."""
+        dead = (self.ema_vocab_hit_SV.sum(0) < self.restart_threshold).nonzero()[:, 0]
+        if len(dead):
+            pick = torch.randint(len(residuals), (len(dead),), generator=generator, device=residuals.device)
+            self.embedding.weight.data[dead] = residuals[pick].to(self.embedding.weight.dtype)
+            self.ema_vocab_hit_SV[:, dead] = 1.0   # give the restarted codes time to be used
+        return len(dead)
 
     def indices_to_fhat(self, indices: Sequence[torch.Tensor], last_one: bool = True):
         """Alg. 2: f_hat from per-scale indices (B, pn^2), every code map taken to the last scale."""
@@ -234,7 +256,8 @@ class MSVQTokenizer(nn.Module):
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
         self.quantize = MultiScaleQuantizer(cfg.vocab_size, cfg.z_channels, cfg.patch_nums, cfg.beta, cfg.using_znorm,
-                                            cfg.quant_resi, cfg.share_quant_resi, cfg.default_qresi_counts)
+                                            cfg.quant_resi, cfg.share_quant_resi, cfg.default_qresi_counts,
+                                            cfg.restart_every, cfg.restart_threshold)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, cfg: MSVQConfig | None = None) -> "MSVQTokenizer":
@@ -300,7 +323,7 @@ class MSVQTokenizer(nn.Module):
         if self.cfg.pretrained:
             raise RuntimeError("msvq.pretrained is set: the official tokenizer is loaded, not trained here")
         self.check_size(images)
-        f_hat, vq_loss, _ = self.quantize(self.features(images))
+        f_hat, vq_loss, _ = self.quantize(self.features(images), generator)
         recon = self.decode(f_hat)
         return F.l1_loss(recon, images) + F.mse_loss(recon, images) + vq_loss
 
@@ -352,6 +375,7 @@ def load_official(tok: MSVQTokenizer, sd: Mapping[str, torch.Tensor], source: st
     except RuntimeError as err:
         raise RuntimeError(f"{source}: {err}") from None
     target = tok.state_dict()
+    converted.setdefault("quantize.train_steps", target["quantize.train_steps"])   # ours only: the restart clock
     hits = converted.get("quantize.ema_vocab_hit_SV")
     if hits is not None and hits.shape != target["quantize.ema_vocab_hit_SV"].shape:
         converted["quantize.ema_vocab_hit_SV"] = target["quantize.ema_vocab_hit_SV"]  # another scale list: monitor only
