@@ -73,6 +73,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_steps: int = 100
+    schedule: str = "cosine"       # after warm-up, lr to min_lr: cosine (MAR/FlowAR) | linear (VAR's lin0)
     weight_decay: float = 0.02
     beta1: float = 0.9
     beta2: float = 0.95
@@ -89,6 +90,7 @@ class TrainConfig:
         check_positive(f"{key}.grad_clip", self.grad_clip, allow_zero=True)
         check_range(f"{key}.ema_rate", self.ema_rate, 0.0, 1.0)
         check_choice(f"{key}.autocast", self.autocast, ["auto", "bf16", "off"])
+        check_choice(f"{key}.schedule", self.schedule, ["cosine", "linear"])
 
 
 @dataclass
@@ -145,7 +147,8 @@ def schema() -> DictConfig:
 
 # The official model names, as aliases of the ImageNet presets.
 PRESET_ALIASES = {"flowar_small": "imagenet256_flowar_s", "flowar_large": "imagenet256_flowar_l",
-                  "flowar_huge": "imagenet256_flowar_h"}
+                  "flowar_huge": "imagenet256_flowar_h",
+                  **{f"var_d{d}": f"imagenet256_var_d{d}" for d in (16, 20, 24, 30)}}
 
 
 def preset_path(preset: str) -> Path:

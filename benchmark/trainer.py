@@ -28,11 +28,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then half-cosine down to cfg.min_lr at cfg.steps."""
+    """Linear warm-up to cfg.lr, then down to cfg.min_lr at cfg.steps: half-cosine, or linear
+    (``schedule: linear``, VAR's ``lin0``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    progress = min((step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1), 1.0)
+    decay = 1 - progress if getattr(cfg, "schedule", "cosine") == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * decay
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -187,3 +187,40 @@ def test_tokenizer_trains_round_trips_and_reports_usage():
 def test_tokenizer_rejects_images_of_the_wrong_size():
     with pytest.raises(ValueError, match="use 16 px images"):
         small_tokenizer().encode(torch.zeros(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("preset,millions", [("var_d16", 310), ("var_d20", 600), ("var_d24", 1000), ("var_d30", 2000)])
+def test_official_presets_have_the_papers_sizes(preset, millions):
+    """The released VAR-d16/20/24/30 have 310M / 600M / 1.0B / 2.0B parameters (VAR README)."""
+    from benchmark.config import load_config, section
+    from methods.base import TokenSpec
+    cfg = load_config(preset)
+    with torch.device("meta"):
+        tok = MSVQTokenizer(section(cfg, "msvq"))
+        var = VARMethod(section(cfg, "var"), TokenSpec(32, 16, 1000), tok)
+    n = sum(p.numel() for p in var.network.parameters()) / 1e6
+    assert abs(n - millions) / millions < 0.05, n
+
+
+def test_official_tokenizer_file_loads_and_a_mismatched_one_is_refused(tmp_path):
+    """An official-layout VQVAE checkpoint (the fixture's weights, saved as the official
+    vae_ch160v4096z32.pth is: a bare state dict) through the real file path."""
+    import json
+    from pathlib import Path
+    from safetensors.torch import load_file
+    fixtures = Path(__file__).parent / "fixtures" / "var"
+    meta = json.loads((fixtures / "shared_l2.json").read_text())
+    tensors = {**{k: v.float() for k, v in load_file(str(fixtures / "vae_body.safetensors")).items()},
+               **load_file(str(fixtures / "shared_l2.safetensors"))}
+    sd = {k[4:]: v for k, v in tensors.items() if k.startswith("vae.")}
+    path = tmp_path / "vae.pth"
+    torch.save(sd, path)
+    kw = meta["vqvae_kwargs"]
+    cfg = MSVQConfig(vocab_size=kw["vocab_size"], z_channels=kw["z_channels"], ch=kw["ch"],
+                     share_quant_resi=kw["share_quant_resi"], patch_nums=kw["v_patch_nums"])
+    tok = MSVQTokenizer.from_pretrained(path, cfg)
+    assert torch.equal(tok.quantize.embedding.weight, sd["quantize.embedding.weight"])
+    with pytest.raises(RuntimeError, match=r"vae.pth does not fit.*vocab_size"):
+        MSVQTokenizer.from_pretrained(path, MSVQConfig(**{**cfg.__dict__, "vocab_size": 128}))
+    with pytest.raises(RuntimeError, match="unexpected key"):
+        official.load_vqvae(official.build_vqvae(**kw), {**sd, "quantize.something": torch.zeros(1)})
