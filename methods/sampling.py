@@ -3,7 +3,7 @@ guidance on logits, top-k / top-p filtering, seeded multinomial draws and a seed
 
 Randomness comes from explicit ``torch.Generator``s only: one for the whole batch (then the
 draws follow the official samplers' order exactly) or one per image (then image i's tokens
-depend on its own generator alone, whatever batch it is sampled in).
+depend on its own generator alone, whatever batch it is sampled in; the harness's mode).
 """
 from __future__ import annotations
 
@@ -36,15 +36,22 @@ def top_k_top_p_(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> to
 
 
 def multinomial(probs: torch.Tensor, generator: Generators) -> torch.Tensor:
-    """One draw per row of probs (B, l, V) -> (B, l). A list of generators draws image b's
-    tokens from generator b."""
+    """One draw per row of probs (B, l, V) -> (B, l).
+
+    One generator (or None): ``torch.multinomial`` over the B * l rows, the official samplers'
+    draw (on the generator's device). A list of generators, one per image: image b's uniforms
+    come from generator b (l numbers, cheap to move) and pick the token by inverse CDF on the
+    probabilities' device, so per-image seeding costs no host round trip of the logits.
+    """
     B, l, V = probs.shape
     if isinstance(generator, (list, tuple)):
         if len(generator) != B:
             raise ValueError(f"{len(generator)} generators for a batch of {B}")
-        return torch.stack([torch.multinomial(probs[b].cpu() if g.device.type == "cpu" else probs[b], 1,
-                                              replacement=True, generator=g)[:, 0].to(probs.device)
-                            for b, g in enumerate(generator)])
+        u = torch.stack([torch.rand(l, generator=g, device=g.device) for g in generator]).to(probs.device)
+        cdf = probs.float().cumsum(dim=-1)
+        # First token whose cumulative probability exceeds u * total: never a zero-probability one.
+        idx = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+        return idx.clamp_max(V - 1)
     if generator is not None and generator.device != probs.device:
         return torch.multinomial(probs.reshape(-1, V).cpu(), 1, replacement=True,
                                  generator=generator).view(B, l).to(probs.device)

@@ -26,6 +26,6 @@ def block_causal_mask(scales: list[int], prefix: int = 0) -> torch.Tensor:
     The `prefix` tokens (if any) belong to the first scale's block."""
     sizes = [s * s for s in scales]
     sizes[0] += prefix
-    block = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    block = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes), output_size=sum(sizes))
     allowed = block[:, None] >= block[None, :]
     return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[None, None]

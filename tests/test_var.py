@@ -224,3 +224,12 @@ def test_official_tokenizer_file_loads_and_a_mismatched_one_is_refused(tmp_path)
         MSVQTokenizer.from_pretrained(path, MSVQConfig(**{**cfg.__dict__, "vocab_size": 128}))
     with pytest.raises(RuntimeError, match="unexpected key"):
         official.load_vqvae(official.build_vqvae(**kw), {**sd, "quantize.something": torch.zeros(1)})
+
+
+def test_per_image_draws_follow_the_probabilities_and_skip_masked_tokens():
+    from methods.sampling import multinomial
+    probs = torch.tensor([0.0, 0.2, 0.0, 0.5, 0.3, 0.0]).expand(1, 20000, 6).contiguous()
+    idx = multinomial(probs, [torch.Generator().manual_seed(0)])
+    freq = torch.bincount(idx.flatten(), minlength=6).float() / idx.numel()
+    assert freq[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(freq, probs[0, 0], atol=0.015, rtol=0)

@@ -102,7 +102,7 @@ class VAR(nn.Module):
             nn.init.trunc_normal_(p.data, mean=0, std=init_std)
 
         self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(C, 6 * C)) if cfg.shared_aln else nn.Identity()
-        dpr = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()   # stochastic depth grows with depth
+        dpr = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]   # stochastic depth grows with depth
         self.blocks = nn.ModuleList([
             AdaLNSelfAttn(C, C, cfg.heads, cfg.mlp_ratio, cfg.shared_aln, cfg.norm_eps, cfg.drop_rate,
                           cfg.attn_drop_rate, dpr[i], cfg.attn_l2_norm) for i in range(cfg.depth)])
