@@ -14,36 +14,40 @@ def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     paths = [f"paths.runs={root}/runs", f"paths.cache={root}/cache", f"paths.results={root}/results"]
     start = time.time()
-    assert main(["run", "--methods", "flowar", "--preset", "smoke", *paths]) == 0
+    assert main(["run", "--methods", "flowar", "var", "--preset", "smoke", *paths]) == 0
     return root, paths, time.time() - start
 
 
 def test_run_writes_record_leaderboard_grid_and_config(smoke_run):
     root, _, seconds = smoke_run
-    records = list((root / "results" / "records").glob("*.json"))
-    assert len(records) == 1
-    record = json.loads(records[0].read_text())
-    assert record["method"] == "flowar" and record["preset"] == "smoke"
-    for key in ("class_consistency", "classifier_fd", "throughput_img_s", "params_m"):
-        assert key in record["metrics"]
-    for key in ("classifier_acc_real", "classifier_acc_recon", "untrained_class_consistency"):
-        assert key in record["reference"]
+    records = [json.loads(p.read_text()) for p in (root / "results" / "records").glob("*.json")]
+    assert sorted(r["method"] for r in records) == ["flowar", "var"]
+    for record in records:
+        assert record["preset"] == "smoke"
+        for key in ("class_consistency", "classifier_fd", "throughput_img_s", "params_m"):
+            assert key in record["metrics"]
+        for key in ("classifier_acc_real", "classifier_acc_recon", "untrained_class_consistency"):
+            assert key in record["reference"]
+    var = next(r for r in records if r["method"] == "var")
+    assert var["tokenizer"]["kind"] == "multiscale_residual" and 0 < var["tokenizer"]["codebook_usage_pct"] <= 100
+    assert set(var["protocol"]["sampler"]) == {"cfg", "top_k", "top_p", "more_smooth"}
     board = pd.read_csv(root / "results" / "leaderboard.csv")
-    assert board.method.tolist() == ["flowar"]
-    assert next((root / "results" / "grids").glob("smoke_flowar_*_seed0.png")).stat().st_size > 0
-    run_dir = next((root / "runs" / "smoke").glob("flowar-*/seed0"))
-    assert (run_dir / "config.yaml").exists() and (run_dir / "ema.safetensors").exists()
-    assert seconds < 120
+    assert sorted(board.method.tolist()) == ["flowar", "var"]
+    for method in ("flowar", "var"):
+        assert next((root / "results" / "grids").glob(f"smoke_{method}_*_seed0.png")).stat().st_size > 0
+        run_dir = next((root / "runs" / "smoke").glob(f"{method}-*/seed0"))
+        assert (run_dir / "config.yaml").exists() and (run_dir / "ema.safetensors").exists()
+    assert seconds < 180
 
 
 def test_rerun_reuses_finished_stages(smoke_run):
     root, paths, _ = smoke_run
     cached = [*(root / "cache").rglob("*.safetensors"), *(root / "runs").rglob("*.safetensors")]
     stamps = {p: p.stat().st_mtime_ns for p in cached}
-    assert main(["run", "--methods", "flowar", "--preset", "smoke", *paths]) == 0
+    assert main(["run", "--methods", "flowar", "var", "--preset", "smoke", *paths]) == 0
     # Tokenizer, latents, classifier and training are reused, not redone.
     assert {p: p.stat().st_mtime_ns for p in cached} == stamps
-    assert len(list((root / "results" / "records").glob("*.json"))) == 1
+    assert len(list((root / "results" / "records").glob("*.json"))) == 2
 
 
 def test_sampler_settings_share_the_trained_model(smoke_run):
@@ -52,7 +56,8 @@ def test_sampler_settings_share_the_trained_model(smoke_run):
     assert main(["run", "--methods", "flowar", "--preset", "smoke", "flowar.cfg=3.0", *paths]) == 0
     assert len(list((root / "runs" / "smoke").glob("flowar-*"))) == 1
     board = pd.read_csv(root / "results" / "leaderboard.csv")
-    assert len(board) == 2 and board.config_hash.nunique() == 2
+    flowar = board[board.method == "flowar"]
+    assert len(flowar) == 2 and flowar.config_hash.nunique() == 2
 
 
 def test_sample_command_writes_pngs_and_npz_and_resumes(smoke_run, tmp_path):
@@ -73,6 +78,17 @@ def test_sample_command_writes_pngs_and_npz_and_resumes(smoke_run, tmp_path):
     assert main(args) == 0
     assert pngs[0].stat().st_mtime_ns == stamp
     assert np.array_equal(np.load(out / "samples.npz")["arr_0"], first)
+
+
+def test_sample_command_works_for_var(smoke_run, tmp_path):
+    import numpy as np
+
+    root, paths, _ = smoke_run
+    ckpt = next((root / "runs" / "smoke").glob("var-*/seed0/ema.safetensors"))
+    out = tmp_path / "var_samples"
+    assert main(["sample", "--method", "var", "--preset", "smoke", "--checkpoint", str(ckpt), "--out", str(out),
+                 "eval.samples_per_class=1", *paths]) == 0
+    assert np.load(out / "samples.npz")["arr_0"].shape == (4, 16, 16, 3)
 
 
 def test_sample_rejects_a_checkpoint_of_another_size(smoke_run, tmp_path, capsys):
