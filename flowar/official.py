@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from methods.checkpoints import check_keys
+
 from flowar.method import FlowARMethod
 from flowar.model import FlowARConfig
 from methods.base import TokenSpec
@@ -82,15 +84,8 @@ def build(model: str | None = None, **kwargs) -> FlowARMethod:
 def read_checkpoint(path: str | Path) -> dict:
     """torch.load with weights_only=True; the official training script also pickles its
     argparse Namespace, which is allowed here and nothing else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"FlowAR checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"{path} is not a readable FlowAR checkpoint (truncated, corrupt or not a torch file): "
-                           f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+    from methods.checkpoints import read_checkpoint as read
+    state = read(path, "a FlowAR checkpoint (FlowAR-S/L/H .pth, or a suite model.safetensors)", [argparse.Namespace])
     if not isinstance(state, dict):
         raise RuntimeError(f"{path} holds a {type(state).__name__}, not a FlowAR checkpoint dict")
     return state
@@ -106,20 +101,12 @@ def load(model: FlowARMethod, state_dict_or_path, ema: bool = True, name: str | 
         if key not in state:
             raise KeyError(f"{source} has no '{key}' entry (it has {sorted(state)}); pass ema={not ema}")
         state = state[key]
-    expected = model.network.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        c = model.cfg
-        preset = (f"encoder {c.encoder_embed_dim}x{c.encoder_depth}, decoder {c.decoder_embed_dim}x{c.decoder_depth}, "
-                  f"flow head {c.flow_width}x{c.flow_depth}{' cross' if c.flow_cross else ''}, latent {model.spec.latent_size}")
-        detail = "; ".join(filter(None, [
-            f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
-            f"shape mismatch {shapes[:5]}" if shapes else ""]))
-        raise RuntimeError(f"{source} does not fit the FlowAR built here ({preset}): {detail}. "
-                           "Build the model with the preset the checkpoint was trained with (flowar_small/large/huge).")
+    c = model.cfg
+    preset = (f"encoder {c.encoder_embed_dim}x{c.encoder_depth}, decoder {c.decoder_embed_dim}x{c.decoder_depth}, "
+              f"flow head {c.flow_width}x{c.flow_depth}{' cross' if c.flow_cross else ''}, latent {model.spec.latent_size}")
+    check_keys(model.network.state_dict(), state, source,
+               f"the FlowAR built here ({preset}); build it with the preset the checkpoint was trained with "
+               "(flowar_small/large/huge)")
     model.network.load_state_dict(state, strict=True)
     return model
 

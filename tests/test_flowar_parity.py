@@ -79,10 +79,10 @@ def test_wrong_size_and_corrupt_checkpoints_fail_clearly(tmp_path):
     sd = {k[3:]: v for k, v in f.items() if k.startswith("sd.")}
     torch.save({"model": sd, "model_ema": sd}, tmp_path / "small.pth")
     wrong = official.build(**{**meta["kwargs"], "encoder_depth": 3})
-    with pytest.raises(RuntimeError, match=r"small\.pth does not fit.*missing \['encoder_blocks\.2"):
+    with pytest.raises(RuntimeError, match=r"small\.pth does not fit the FlowAR built here.*missing \(\d+\): \['encoder_blocks\.2"):
         official.load(wrong, tmp_path / "small.pth")
     (tmp_path / "truncated.pth").write_bytes((tmp_path / "small.pth").read_bytes()[:1000])
-    with pytest.raises(RuntimeError, match="truncated.pth is not a readable FlowAR checkpoint"):
+    with pytest.raises(RuntimeError, match=r"truncated\.pth is not a readable PyTorch checkpoint.*truncated or corrupt \(expected a FlowAR checkpoint"):
         official.load(official.build(**meta["kwargs"]), tmp_path / "truncated.pth")
     with pytest.raises(FileNotFoundError):
         official.load(official.build(**meta["kwargs"]), tmp_path / "nope.pth")

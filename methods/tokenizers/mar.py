@@ -155,30 +155,9 @@ def check_against(target: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Ten
 def read_mar_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in an official checkpoint file: ``{"model": state_dict}`` (the official
     format) or a bare state dict. Clear errors for a missing, unreadable or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file (the official MAR KL-16 tokenizer is LTH14/mar's "
-                                "kl16.ckpt; give its local path)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle garbage, not a torch file at all
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))   # torch's messages carry terminal colours
-        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if pickled:
-            raise RuntimeError(f"{path} holds Python objects besides tensors ({pickled.group(1)}), which "
-                               "torch.load(weights_only=True) refuses; re-save just its state dict: "
-                               "torch.save({'model': sd}, ...)") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-        reason = detail.group(1) if detail else (text.strip().splitlines() or [""])[0]
-        raise RuntimeError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {reason}); it may be "
-                           "truncated or corrupt: download it again") from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not (isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
-        found = list(obj)[:_SHOW] if isinstance(obj, Mapping) else type(obj).__name__
-        raise RuntimeError(f"{path} is not a MAR KL-16 checkpoint: expected a dict with 'model' (the official "
-                           f"format) or a state dict of tensors; found {found}")
-    return dict(obj)
+    from methods.checkpoints import read_checkpoint, tensor_dict
+    what = "a MAR KL-16 checkpoint"
+    return tensor_dict(read_checkpoint(path, f"{what} (LTH14/mar's kl16.ckpt)"), str(path), what, nested=("model",))
 
 
 def load_mar_kl16(path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
