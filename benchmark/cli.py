@@ -56,10 +56,13 @@ def cmd_list() -> int:
 
 
 def split_overrides(args) -> None:
-    """`--methods flowar var train.steps=5`: argparse gives the overrides to --methods."""
-    if getattr(args, "methods", None):
-        args.overrides = [m for m in args.methods if "=" in m] + args.overrides
-        args.methods = [m for m in args.methods if "=" not in m]
+    """`--methods flowar var train.steps=5`: argparse gives the overrides to the list option
+    before them (--methods, --stages, --seeds)."""
+    for name in ("methods", "stages"):
+        values = getattr(args, name, None)
+        if values:
+            args.overrides = [m for m in values if "=" in m] + args.overrides
+            setattr(args, name, [m for m in values if "=" not in m])
 
 
 def cmd_run(args) -> int:

@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -102,11 +102,21 @@ class EvalConfig:
     floor: bool = True             # also evaluate the untrained model (the floor)
     weights: str = "ema"           # ema | model (the raw weights)
     grid_per_class: int = 8        # images per class row in the sample grid
+    # Extrapolation: generate and score at another resolution (0: the training one) or over
+    # another scale list ([]: the method's own). Only methods with any-scale inference accept
+    # them (FlexVAR); the others refuse by design.
+    resolution: int = 0
+    patch_nums: List[int] = field(default_factory=list)
 
     def check(self, key: str) -> None:
         for name in ("samples_per_class", "batch_size", "reference_size", "classifier_steps", "grid_per_class"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_choice(f"{key}.weights", self.weights, ["ema", "model"])
+        if self.resolution:
+            check_choice(f"{key}.resolution", self.resolution, [16, 32, 48, 64, 96, 128, 256, 384, 512, 1024])
+        pn = list(self.patch_nums)
+        if pn and (pn[0] != 1 or any(b <= a for a, b in zip(pn, pn[1:]))):
+            raise ConfigError(f"{key}.patch_nums={pn}: a scale list starts at 1 and increases, e.g. [1, 2, 3, 4, 6, 8]")
 
 
 @dataclass
@@ -148,7 +158,8 @@ def schema() -> DictConfig:
 # The official model names, as aliases of the ImageNet presets.
 PRESET_ALIASES = {"flowar_small": "imagenet256_flowar_s", "flowar_large": "imagenet256_flowar_l",
                   "flowar_huge": "imagenet256_flowar_h",
-                  **{f"var_d{d}": f"imagenet256_var_d{d}" for d in (16, 20, 24, 30)}}
+                  **{f"var_d{d}": f"imagenet256_var_d{d}" for d in (16, 20, 24, 30)},
+                  **{f"flexvar_d{d}": f"imagenet256_flexvar_d{d}" for d in (16, 20, 24)}}
 
 
 def preset_path(preset: str) -> Path:

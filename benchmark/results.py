@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-ID_COLUMNS = ["method", "preset", "dataset", "resolution", "seed", "config_hash"]
+ID_COLUMNS = ["method", "preset", "dataset", "resolution", "scales", "seed", "config_hash"]
 SORT_COLUMNS = ["dataset", "resolution", "method", "seed"]
 MAIN_METRICS = ["class_consistency", "classifier_fd", "throughput_img_s"]
 METRIC_DIRECTION = {"class_consistency": "higher is better", "classifier_fd": "lower is better",
@@ -157,6 +157,7 @@ def _row(record: dict) -> tuple[dict, list[str], list[str], list[str]]:
     row.update(metrics)
     row.update(reference)
     row.update(timings)
+    row["note"] = record.get("note")
     row["run_dir"] = record.get("run_dir")
     return row, list(metrics), list(reference), list(timings)
 
@@ -179,9 +180,11 @@ def records_to_frame(records: Iterable[dict]) -> pd.DataFrame:
         metric_cols.append(m)
         ref_cols.append(r)
         time_cols.append(t)
+    notes = ["note"] if any(row.get("note") for row in rows) else []
     columns = (ID_COLUMNS + _ordered_union(metric_cols, MAIN_METRICS) + _ordered_union(ref_cols)
-               + _ordered_union(time_cols) + ["run_dir"])
+               + _ordered_union(time_cols) + notes + ["run_dir"])
     df = pd.DataFrame(rows, columns=columns)
+    df["scales"] = df["scales"].astype(object).where(df["scales"].notna(), float("nan"))   # as a CSV reads it back
     return df.sort_values(SORT_COLUMNS, na_position="last", kind="stable").reset_index(drop=True)
 
 

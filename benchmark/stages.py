@@ -22,7 +22,7 @@ from benchmark import results
 from benchmark.config import ConfigError, TrainConfig, config_hash, section
 from benchmark.metrics import classifier as clf
 from benchmark.trainer import Trainer
-from methods.base import Method, TokenSpec
+from methods.base import Method, NotSupportedByDesign, TokenSpec
 from methods.registry import DATASETS, METHODS, TOKENIZERS, lookup
 
 
@@ -120,6 +120,9 @@ def load_tokenizer(cfg: DictConfig, method: str, device: torch.device):
     name, key = tokenizer_key(cfg, method)
     path = Path(cfg.paths.cache) / "tokenizers" / key
     tcfg = section(cfg, name)
+    if not (path / "tokenizer.safetensors").exists():
+        raise FileNotFoundError(f"no trained {name} tokenizer for this config at {path}; run the tokenizer stage first "
+                                f"(python -m benchmark run --methods {method} --stages tokenizer ...)")
     tok = lookup(TOKENIZERS, name)(tcfg).to(device)
     tok.load_state_dict(load_weights(path / "tokenizer.safetensors"))
     return tok.eval()
@@ -221,15 +224,17 @@ def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_batch(model: Method, tok, labels: torch.Tensor, indices, seed: int, device: torch.device) -> torch.Tensor:
-    """Images in [-1, 1] for ``labels``; image i is drawn from its own seed ``image_seed(seed, i)``."""
+def generate_batch(model: Method, tok, labels: torch.Tensor, indices, seed: int, device: torch.device,
+                   **settings) -> torch.Tensor:
+    """Images in [-1, 1] for ``labels``; image i is drawn from its own seed ``image_seed(seed, i)``;
+    ``settings`` override the method's sampler."""
     gens = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
-    return tok.decode(model.generate(labels.to(device), gens)).clamp(-1, 1)
+    return tok.decode(model.generate(labels.to(device), gens, **settings)).clamp(-1, 1)
 
 
 @torch.no_grad()
 def generate_images(model: Method, tok, labels: torch.Tensor, seed: int, batch_size: int,
-                    device: torch.device, desc: str = "sample") -> tuple[torch.Tensor, float]:
+                    device: torch.device, desc: str = "sample", **settings) -> tuple[torch.Tensor, float]:
     """Images in [-1, 1] for ``labels`` (image i seeded by its index) and the sampling
     throughput in images/s (tokens + decoding; the first batch is a warm-up, not timed)."""
     from tqdm.auto import tqdm
@@ -239,7 +244,7 @@ def generate_images(model: Method, tok, labels: torch.Tensor, seed: int, batch_s
     for b, start in enumerate(tqdm(starts, desc=desc, dynamic_ncols=True)):
         idx = range(start, min(start + batch_size, len(labels)))
         t0 = time.perf_counter()
-        images = generate_batch(model, tok, labels[start:idx.stop], idx, seed, device)
+        images = generate_batch(model, tok, labels[start:idx.stop], idx, seed, device, **settings)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if b > 0 or len(starts) == 1:
@@ -274,13 +279,26 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
                                   "datasets come with the evaluation-suite issue")
     tok = load_tokenizer(cfg, method, device)
     model = build_method(cfg, method, tok).to(device)
+    if not (out / f"{ev.weights}.safetensors").exists():
+        raise FileNotFoundError(f"{method} is not trained for this config ({out} has no {ev.weights}.safetensors); run "
+                                f"the train stage first (python -m benchmark run --methods {method} ...)")
     model.load_weights(out / f"{ev.weights}.safetensors")
-    train_set = build_dataset(cfg)
+    resolution = ev.resolution or data_cfg.resolution   # extrapolation: another size / scale list
+    if resolution % tok.stride:
+        raise ConfigError(f"eval.resolution={resolution} is not a multiple of the tokenizer's stride {tok.stride}")
+    try:
+        settings = model.evaluation_settings(resolution // tok.stride if ev.resolution else None, list(ev.patch_nums))
+    except NotSupportedByDesign as err:   # a row that says so, never a silent fallback
+        record = make_record(cfg, method, {}, {}, 0.0, model, {}, resolution)
+        record.update(note=f"not supported by design: {err}", scales=None)
+        results.write_record(out / f"record-{record['config_hash']}.json", record)
+        return results.write_record(Path(cfg.paths.results) / "records" / f"{cfg.preset}_{method}_{record['config_hash']}_seed{cfg.seed}.json", record)
+    train_set = build_dataset(cfg, resolution=resolution)
     classifier = clf.load_or_train_classifier(train_set, Path(cfg.paths.cache) / "classifiers",
                                               steps=ev.classifier_steps).to(device)
 
     # Reference: real held-out images, and what the tokenizer makes of them (the ceiling).
-    real, real_labels = build_dataset(cfg, "reference").render(np.arange(ev.reference_size))
+    real, real_labels = build_dataset(cfg, "reference", resolution=resolution).render(np.arange(ev.reference_size))
     real_logits, real_feats = clf.predict(classifier, quantize(real))
     with torch.no_grad():
         recon = torch.cat([tok.decode(tok.encode(x.to(device))).clamp(-1, 1).cpu() for x in real.split(256)])
@@ -291,14 +309,16 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
 
     labels = balanced_labels(train_set.num_classes, ev.samples_per_class)
     t0 = time.time()
-    images, throughput = generate_images(model, tok, labels, cfg.seed, ev.batch_size, device, f"sample {method}")
+    images, throughput = generate_images(model, tok, labels, cfg.seed, ev.batch_size, device, f"sample {method}",
+                                         **settings)
     sample_s = time.time() - t0
     metrics = {**score(classifier, images, labels, real_feats), "throughput_img_s": throughput,
                "params_m": sum(p.numel() for p in model.network.parameters()) / 1e6}
     if ev.floor:  # the same model untrained: what "no learning" scores
         torch.manual_seed(cfg.seed)
         untrained = build_method(cfg, method, tok).to(device)
-        floor_images, _ = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained")
+        floor_images, _ = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained",
+                                          **settings)
         floor = score(classifier, floor_images, labels, real_feats)
         reference.update({f"untrained_{k}": v for k, v in floor.items()})
 
@@ -307,12 +327,13 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
     shared_grid = Path(cfg.paths.results) / "grids" / f"{cfg.preset}_{method}_{evaluation_key(cfg, method)}_seed{cfg.seed}.png"
     shared_grid.parent.mkdir(parents=True, exist_ok=True)
     shared_grid.write_bytes(grid.read_bytes())
-    record = make_record(cfg, method, metrics, reference, sample_s, model)
+    record = make_record(cfg, method, metrics, reference, sample_s, model, settings, resolution)
     results.write_record(out / f"record-{record['config_hash']}.json", record)
     return results.write_record(Path(cfg.paths.results) / "records" / f"{cfg.preset}_{method}_{record['config_hash']}_seed{cfg.seed}.json", record)
 
 
-def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sample_s: float, model: Method) -> dict:
+def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sample_s: float, model: Method,
+                settings: dict | None = None, resolution: int | None = None) -> dict:
     out = run_dir(cfg, method)
     tok_info = json.loads((Path(cfg.paths.cache) / "tokenizers" / tokenizer_key(cfg, method)[1] / "tokenizer.json").read_text())
     train_info = json.loads((out / "train.json").read_text()) if (out / "train.json").exists() else {}
@@ -320,7 +341,9 @@ def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sa
     return {
         "method": method, "preset": cfg.preset, "seed": cfg.seed, "config_hash": evaluation_key(cfg, method),
         "train_hash": out.parent.name.split("-")[-1],
-        "dataset": cfg.data.name, "resolution": cfg.data.resolution, "metrics": metrics, "reference": reference,
+        "dataset": cfg.data.name, "resolution": resolution or cfg.data.resolution, "train_resolution": cfg.data.resolution,
+        "scales": "-".join(map(str, model.generated_scales(**(settings or {})))),
+        "metrics": metrics, "reference": reference,
         "tokenizer": {k: tok_info[k] for k in ("name", "kind", "psnr", "scaling_factor", "codebook_usage_pct", "dead_codes")
                       if k in tok_info},
         "timings": {"tokenizer_s": tok_info.get("seconds", 0.0), "train_s": train_info.get("seconds", 0.0),
@@ -328,7 +351,7 @@ def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sa
         "protocol": {"evaluator": "shapes-classifier", "samples": cfg.eval.samples_per_class * cfg.data.num_classes,
                      "samples_per_class": cfg.eval.samples_per_class, "reference": f"shapes/reference[0:{cfg.eval.reference_size}]",
                      "quantization": "round((x+1)*127.5) to uint8", "seed_scheme": "per global image index",
-                     "sampler": model.sampler_settings(), "throughput_batch_size": cfg.eval.batch_size,
+                     "sampler": model.sampler_settings(**(settings or {})), "throughput_batch_size": cfg.eval.batch_size,
                      "device": str(resolve_device(cfg.device)), "threads": torch.get_num_threads()},
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "torch_fidelity": torch_fidelity.__version__, "python": platform.python_version()},

@@ -1,4 +1,6 @@
-"""FlexVAR baseline (ground-truth next-scale prediction, any steps/resolution, arXiv 2502.20313).
+"""FlexVAR baseline (ground-truth next-scale prediction at any step count and resolution,
+Jiao et al., arXiv 2502.20313).
 
-Empty for now: the FlexVAR issue fills it (its VQ tokenizer, the transformer, official
-checkpoints, ``official.py``)."""
+``model.py``: the transformer; ``method.py``: loss on random scale lists and the any-scale
+sampler (registered as ``flexvar``); ``official.py``: the official constructor names,
+checkpoint loading and call conventions. Its tokenizer is ``flexvq`` (methods/tokenizers/flexvq.py)."""

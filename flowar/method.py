@@ -63,6 +63,9 @@ class FlowARMethod(Method):
             return official.load(self, load_weights(Path(source)), ema=ema, name=str(source))
         return official.load(self, source, ema=ema)
 
+    def generated_scales(self, **settings) -> list[int]:
+        return list(self.model.scales)
+
     def _offsets(self) -> list[tuple[int, int]]:
         return token_offsets(self.model.scales)
 

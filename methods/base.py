@@ -22,6 +22,10 @@ import torch
 from torch import nn
 
 
+class NotSupportedByDesign(ValueError):
+    """An evaluation setting the method cannot take by construction (not a bug, not a fallback)."""
+
+
 @dataclass
 class TokenSpec:
     """What a method needs to know of its tokenizer's output."""
@@ -62,6 +66,19 @@ class Method(nn.Module):
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None, **settings) -> torch.Tensor:
         """Latents (B, C, h, w) for the class labels; ``settings`` override the sampler config."""
+        raise NotImplementedError
+
+    def evaluation_settings(self, side: int | None = None, patch_nums: list[int] | None = None) -> dict:
+        """Sampler overrides that generate a final latent of ``side`` x ``side`` (None: as
+        trained) over ``patch_nums`` (None/[]: the method's own list). A method without
+        any-scale inference refuses anything else (``NotSupportedByDesign``)."""
+        if patch_nums or (side and side != self.spec.latent_size):
+            raise NotSupportedByDesign(f"{type(self).__name__} generates only its training scale list and resolution "
+                                       f"(latent side {self.spec.latent_size}); asked for side {side}, scales {patch_nums}")
+        return {}
+
+    def generated_scales(self, **settings) -> list[int]:
+        """The sides of the scales the sampler generates with these settings."""
         raise NotImplementedError
 
     def sampler_settings(self, **overrides) -> dict:

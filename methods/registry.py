@@ -28,6 +28,7 @@ _BUILTIN_MODULES = (
     "methods.tokenizers",
     "flowar.method",
     "var_baseline.method",
+    "flexvar.method",
 )
 
 

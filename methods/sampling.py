@@ -20,6 +20,12 @@ def cfg_logits(logits: torch.Tensor, weight: float) -> torch.Tensor:
     return (1 + weight) * logits[:B] - weight * logits[B:]
 
 
+def cfg_logits_interpolated(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """LlamaGen's form of guidance, uncond + (cond - uncond) * scale, from [cond; uncond]."""
+    B = logits.shape[0] // 2
+    return logits[B:] + (logits[:B] - logits[B:]) * scale
+
+
 def top_k_top_p_(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
     """In place, set to -inf the logits outside the top k, and outside the smallest set whose
     probability reaches top_p (the most likely token always stays). 0 disables either."""

@@ -70,7 +70,7 @@ def test_read_records_reports_bad_files(records_root):
 def test_records_to_frame_dedupes_and_orders(records_root):
     good, _ = results.read_records(records_root)
     df = results.records_to_frame(good)
-    assert list(df.columns[:8]) == ["method", "preset", "dataset", "resolution", "seed", "config_hash",
+    assert list(df.columns[:9]) == ["method", "preset", "dataset", "resolution", "scales", "seed", "config_hash",
                                     "class_consistency", "classifier_fd"]
     assert {"ref_classifier_acc_real", "tokenizer_s", "train_s"} <= set(df.columns)
     assert df.columns[-1] == "run_dir"
@@ -92,7 +92,7 @@ def test_rebuild_leaderboard_writes_tables(records_root, tmp_path):
     assert 99.0 not in csv["classifier_fd"].tolist()
 
     md = (out / "leaderboard.md").read_text()
-    assert "| method | preset |" in md and "| flowar | tiny | shapes | 32 | 1 |" in md
+    assert "| method | preset |" in md and "| flowar | tiny | shapes | 32 |  | 1 |" in md
     assert "0.55 ± 0.071" in md  # flowar class_consistency over seeds
     assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md",
                                                      "leaderboard_summary.csv"]

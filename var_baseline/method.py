@@ -53,6 +53,9 @@ class VARMethod(Method):
         labels = torch.where(drop, self.model.num_classes, labels)
         return cross_entropy(self.model(labels, x_input), tokens)
 
+    def generated_scales(self, **settings) -> list[int]:
+        return list(self.model.patch_nums)
+
     def load_weights(self, state_dict_or_path, ema: bool = True) -> "VARMethod":
         """A suite run's ``.safetensors`` or an official checkpoint (``var_d16.pth`` ...); strict."""
         from var_baseline import official

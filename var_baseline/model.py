@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.layers import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin
+from methods.layers import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin, init_adaln_transformer
 from methods.scales import block_causal_mask, token_offsets
 
 
@@ -120,30 +120,7 @@ class VAR(nn.Module):
 
     def init_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
                      init_std: float = -1.0) -> None:
-        """The official initialisation: truncated normals, a small head, the residual
-        projections shrunk by sqrt(2 depth), adaLN gates (gamma) near zero."""
-        std = init_std if init_std >= 0 else (1 / self.C / 3) ** 0.5
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight.data, std=std)
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.Embedding):
-                nn.init.trunc_normal_(m.weight.data, std=std)
-        self.head.weight.data.mul_(init_head)
-        self.head.bias.data.zero_()
-        self.head_nm.ada_lin[-1].weight.data.mul_(init_adaln)
-        self.head_nm.ada_lin[-1].bias.data.zero_()
-        for block in self.blocks:
-            block.attn.proj.weight.data.div_(math.sqrt(2 * len(self.blocks)))
-            block.ffn.fc2.weight.data.div_(math.sqrt(2 * len(self.blocks)))
-            if block.shared_aln:
-                block.ada_gss.data[:, :, 2:].mul_(init_adaln)
-                block.ada_gss.data[:, :, :2].mul_(init_adaln_gamma)
-            else:
-                block.ada_lin[-1].weight.data[2 * self.C:].mul_(init_adaln)
-                block.ada_lin[-1].weight.data[:2 * self.C].mul_(init_adaln_gamma)
-                block.ada_lin[-1].bias.data.zero_()
+        init_adaln_transformer(self, init_adaln, init_adaln_gamma, init_head, init_std)
 
     def enable_cache(self, on: bool = True) -> None:
         for block in self.blocks:

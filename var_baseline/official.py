@@ -130,7 +130,10 @@ def depth_of(state: Mapping[str, torch.Tensor]) -> int:
 def load(model: VARMethod, state_dict_or_path, name: str | None = None) -> VARMethod:
     """Load a VAR checkpoint strictly: an official ``var_d*.pth`` (a bare state dict), an
     official training checkpoint's ``trainer.var_wo_ddp``, a suite ``.safetensors``, or a state
-    dict in either naming. Errors name the file and what to change."""
+    dict in either naming (a tokenizer given as ``model`` gets its VQVAE weights). Errors name
+    the file and what to change."""
+    if isinstance(model, MSVQTokenizer):   # load(vqvae, "vae_ch160v4096z32.pth") works too
+        return load_vqvae(model, state_dict_or_path)
     what = "a VAR checkpoint (var_d16.pth ... var_d30.pth, or a suite model.safetensors)"
     if isinstance(state_dict_or_path, (str, Path)):
         source = str(state_dict_or_path)
@@ -182,11 +185,12 @@ def logits(model: VARMethod, labels: torch.Tensor, x_input: torch.Tensor) -> tor
 @torch.no_grad()
 def sample(model: VARMethod, vqvae: MSVQTokenizer, labels: torch.Tensor | int | None, seed: int, cfg: float = 1.5,
            top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False, batch_size: int | None = None,
-           return_all: bool = False):
+           return_all: bool = False, B: int | None = None):
     """The official ``autoregressive_infer_cfg`` → images (B, 3, H, W) in [0, 1]; with
     ``return_all`` a dict of the images, the labels used, the tokens drawn per scale and f_hat.
     ``labels``: a tensor, an int for the whole batch (negative: unconditional), or None for
-    random labels (then ``batch_size`` is needed)."""
+    random labels (then ``batch_size``, or the official name ``B``, is needed)."""
+    batch_size = batch_size or B
     model.eval()
     device = next(model.network.parameters()).device
     num_classes = model.network.num_classes

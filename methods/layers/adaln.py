@@ -4,6 +4,8 @@ gated residuals. Parameter names follow the official VAR code (models/basic_var.
 its checkpoints load."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -71,3 +73,34 @@ class AdaLNBeforeHead(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.dim).unbind(2)
         return modulate(self.ln_wo_grad(x), shift, scale)
+
+
+def init_adaln_transformer(model: nn.Module, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5,
+                           init_head: float = 0.02, init_std: float = -1.0) -> None:
+    """VAR's initialisation for a transformer of ``AdaLNSelfAttn`` blocks (``model.blocks``,
+    ``model.head_nm``, ``model.head``, width ``model.C``): truncated normals (std sqrt(1 / 3C)
+    by default), a small head, residual projections shrunk by sqrt(2 depth), adaLN gates
+    (gamma) near zero and scales/shifts damped."""
+    C, depth = model.C, len(model.blocks)
+    std = init_std if init_std >= 0 else (1 / C / 3) ** 0.5
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight.data, std=std)
+            if m.bias is not None:
+                m.bias.data.zero_()
+        elif isinstance(m, nn.Embedding):
+            nn.init.trunc_normal_(m.weight.data, std=std)
+    model.head.weight.data.mul_(init_head)
+    model.head.bias.data.zero_()
+    model.head_nm.ada_lin[-1].weight.data.mul_(init_adaln)
+    model.head_nm.ada_lin[-1].bias.data.zero_()
+    for block in model.blocks:
+        block.attn.proj.weight.data.div_(math.sqrt(2 * depth))
+        block.ffn.fc2.weight.data.div_(math.sqrt(2 * depth))
+        if block.shared_aln:
+            block.ada_gss.data[:, :, 2:].mul_(init_adaln)
+            block.ada_gss.data[:, :, :2].mul_(init_adaln_gamma)
+        else:
+            block.ada_lin[-1].weight.data[2 * C:].mul_(init_adaln)
+            block.ada_lin[-1].weight.data[:2 * C].mul_(init_adaln_gamma)
+            block.ada_lin[-1].bias.data.zero_()

@@ -98,6 +98,20 @@ class Phi(nn.Conv2d):
         return h.mul(1 - self.ratio) + super().forward(h).mul_(self.ratio)
 
 
+@torch.no_grad()
+def restart_dead_codes(codebook: torch.Tensor, hits: torch.Tensor, threshold: float, candidates: torch.Tensor,
+                       generator: torch.Generator | None) -> int:
+    """Move codes whose EMA hits (summed over scales, hits (..., V)) fell below ``threshold``
+    onto vectors drawn from ``candidates`` (N, C) (Dhariwal et al. 2020, Jukebox's codebook
+    restarts); their hit counts restart at 1 to give them time to be used."""
+    dead = (hits.reshape(-1, hits.shape[-1]).sum(0) < threshold).nonzero()[:, 0]
+    if len(dead):
+        pick = torch.randint(len(candidates), (len(dead),), generator=generator, device=candidates.device)
+        codebook.data[dead] = candidates[pick].to(codebook.dtype)
+        hits[..., dead] = 1.0
+    return len(dead)
+
+
 class MultiScaleQuantizer(nn.Module):
     """The residual quantizer over ``patch_nums`` (``quantize`` in the official VQVAE)."""
 
@@ -183,16 +197,8 @@ class MultiScaleQuantizer(nn.Module):
                 self.restart_dead_codes(torch.cat(residuals), generator)
         return (f_hat.detach() - f_no_grad) + f, loss / K, hits
 
-    @torch.no_grad()
     def restart_dead_codes(self, residuals: torch.Tensor, generator: torch.Generator | None) -> int:
-        """Move codes whose EMA hits (all scales) fell below the threshold onto residual
-        vectors of the batch (Dhariwal et al. 2020, Jukebox's codebook restarts)."""
-        dead = (self.ema_vocab_hit_SV.sum(0) < self.restart_threshold).nonzero()[:, 0]
-        if len(dead):
-            pick = torch.randint(len(residuals), (len(dead),), generator=generator, device=residuals.device)
-            self.embedding.weight.data[dead] = residuals[pick].to(self.embedding.weight.dtype)
-            self.ema_vocab_hit_SV[:, dead] = 1.0   # give the restarted codes time to be used
-        return len(dead)
+        return restart_dead_codes(self.embedding.weight, self.ema_vocab_hit_SV, self.restart_threshold, residuals, generator)
 
     def indices_to_fhat(self, indices: Sequence[torch.Tensor], last_one: bool = True):
         """Alg. 2: f_hat from per-scale indices (B, pn^2), every code map taken to the last scale."""
@@ -233,6 +239,39 @@ class MultiScaleQuantizer(nn.Module):
         return f_hat, F.interpolate(f_hat, size=(nxt, nxt), mode="area")
 
 
+def ldm_encoder_decoder(z_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, norm_num_groups: int,
+                        using_sa: bool = True, using_mid_sa: bool = True) -> tuple[Encoder, Decoder]:
+    """diffusers' Encoder/Decoder in the LDM VQ layout (VQGAN, VAR, LlamaGen): ``ch * ch_mult``
+    widths, self-attention after every resnet of the lowest-resolution level (``using_sa``)
+    and in the middle (``using_mid_sa``), GroupNorm eps 1e-6, no double z."""
+    levels = len(ch_mult)
+    widths = tuple(ch * m for m in ch_mult)
+    down = tuple("AttnDownEncoderBlock2D" if using_sa and i == levels - 1 else "DownEncoderBlock2D" for i in range(levels))
+    up = tuple("AttnUpDecoderBlock2D" if using_sa and i == 0 else "UpDecoderBlock2D" for i in range(levels))
+    encoder = Encoder(in_channels=3, out_channels=z_channels, down_block_types=down, block_out_channels=widths,
+                      layers_per_block=num_res_blocks, norm_num_groups=norm_num_groups, double_z=False,
+                      mid_block_add_attention=using_mid_sa)
+    decoder = Decoder(in_channels=z_channels, out_channels=3, up_block_types=up, block_out_channels=widths,
+                      layers_per_block=num_res_blocks, norm_num_groups=norm_num_groups, mid_block_add_attention=using_mid_sa)
+    return encoder, decoder
+
+
+def convert_ldm_autoencoder(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LDM-named encoder/decoder/quant-conv keys -> diffusers names (fused 1 x 1 q/k/v
+    convolutions split first); every key used exactly once (methods/tokenizers/mar.py)."""
+    from methods.tokenizers.mar import _converted, mar_key_map
+    ldm = {}
+    for key, value in sd.items():
+        m_qkv = _FUSED_QKV.match(key)
+        if m_qkv:   # AttnBlock's qkv conv (3C, C, 1, 1) -> LDM's q, k, v
+            for name, part in zip("qkv", value.chunk(3, dim=0)):
+                ldm[f"{m_qkv.group(1)}.{name}.{m_qkv.group(2)}"] = part
+        else:
+            ldm[key] = value
+    mapping = mar_key_map({k: tuple(v.shape) for k, v in ldm.items()})
+    return {new: _converted(ldm[old], new) for new, old in mapping.items()}
+
+
 @TOKENIZERS.register_module("msvq")
 class MSVQTokenizer(nn.Module):
     """VAR's VQVAE: encoder -> quant_conv -> multi-scale residual quantizer -> post_quant_conv -> decoder."""
@@ -242,16 +281,8 @@ class MSVQTokenizer(nn.Module):
     def __init__(self, cfg: MSVQConfig):
         super().__init__()
         self.cfg = cfg
-        levels = len(cfg.ch_mult)
-        widths = tuple(cfg.ch * m for m in cfg.ch_mult)
-        down = tuple("AttnDownEncoderBlock2D" if cfg.using_sa and i == levels - 1 else "DownEncoderBlock2D" for i in range(levels))
-        up = tuple("AttnUpDecoderBlock2D" if cfg.using_sa and i == 0 else "UpDecoderBlock2D" for i in range(levels))
-        self.encoder = Encoder(in_channels=3, out_channels=cfg.z_channels, down_block_types=down, block_out_channels=widths,
-                               layers_per_block=cfg.num_res_blocks, norm_num_groups=cfg.norm_num_groups, double_z=False,
-                               mid_block_add_attention=cfg.using_mid_sa)
-        self.decoder = Decoder(in_channels=cfg.z_channels, out_channels=3, up_block_types=up, block_out_channels=widths,
-                               layers_per_block=cfg.num_res_blocks, norm_num_groups=cfg.norm_num_groups,
-                               mid_block_add_attention=cfg.using_mid_sa)
+        self.encoder, self.decoder = ldm_encoder_decoder(cfg.z_channels, cfg.ch, cfg.ch_mult, cfg.num_res_blocks,
+                                                         cfg.norm_num_groups, cfg.using_sa, cfg.using_mid_sa)
         ks = cfg.quant_conv_ks
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
@@ -343,27 +374,20 @@ _PHI = re.compile(r"^quantize\.quant_resi\.(?:qresi_ls\.(\d+)|qresi|(\d+))\.(wei
 
 
 def convert_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official VQVAE state dict -> this tokenizer's (encoder/decoder: LDM -> diffusers names
-    with the fused 1 x 1 q/k/v convolutions split; phis: ``quant_resi.{qresi_ls.i | qresi | i}``
-    -> ``phi.i``). Every official key is used exactly once."""
-    from methods.tokenizers.mar import _converted, mar_key_map
-    ldm, out = {}, {}
+    """Official VQVAE state dict -> this tokenizer's (encoder/decoder: LDM -> diffusers names;
+    phis: ``quant_resi.{qresi_ls.i | qresi | i}`` -> ``phi.i``). Every official key is used once."""
+    autoencoder, out = {}, {}
     for key, value in sd.items():
-        m_qkv, m_phi = _FUSED_QKV.match(key), _PHI.match(key)
+        m_phi = _PHI.match(key)
         if key.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")):
-            if m_qkv:   # AttnBlock's qkv conv (3C, C, 1, 1) -> LDM's q, k, v
-                for name, part in zip("qkv", value.chunk(3, dim=0)):
-                    ldm[f"{m_qkv.group(1)}.{name}.{m_qkv.group(2)}"] = part
-            else:
-                ldm[key] = value
+            autoencoder[key] = value
         elif m_phi:
             out[f"quantize.phi.{m_phi.group(1) or m_phi.group(2) or 0}.{m_phi.group(3)}"] = value
         elif key in ("quantize.embedding.weight", "quantize.ema_vocab_hit_SV"):
             out[key] = value
         else:
             raise RuntimeError(f"unexpected key {key!r} in a VAR tokenizer state dict")
-    mapping = mar_key_map({k: tuple(v.shape) for k, v in ldm.items()})
-    out.update({new: _converted(ldm[old], new) for new, old in mapping.items()})
+    out.update(convert_ldm_autoencoder(autoencoder))
     return out
 
 

@@ -1,0 +1,189 @@
+"""Conformance with the official FlexVAR code (jiaosiyu1999/FlexVAR), used by the parity tests:
+the official constructor names, checkpoint formats and call conventions.
+
+    tok = build_tokenizer(codebook_size=4096, codebook_embed_dim=32, z_channels=256)
+    var = build(vae_local=tok, depth=16, embed_dim=1024, num_heads=16, patch_nums=(1, 2, ..., 16))
+    load(var, "FlexVARd16-epo179.pth"); load_tokenizer(tok, "FlexVAE.pth")
+    indices = img_to_indices(tok, img, patch_nums)          # per-scale ground truth (B, pn^2)
+    img = indices_to_img(tok, indices)                      # decoded from the last scale, not clamped
+    x, targets = teacher_forcing_input(tok, img, patch_nums)
+    logits(var, labels, x, patch_nums)                      # eval mode, no label dropout
+    sample(var, tok, labels, seed=0, cfg=2.5, top_k=900, top_p=0.95,
+           infer_patch_nums=(1, 2, 3, 4, 5, 7, 10, 13, 16), max_pn=16)   # images in [0, 1]
+
+As in the official code: the label ``num_classes`` is the null class; ``labels=None`` draws
+random labels from the seeded generator; ``seed`` seeds one CPU generator used, in the
+official order, for the labels and every scale's token draws. The official forward drops
+labels even in eval mode (``torch.rand``); ``logits`` does not. The official sampler returns
+the decoder's raw output; ``sample`` clamps it to [-1, 1] and maps it to [0, 1] (as the
+official evaluation's ``save_image(..., value_range=(-1, 1))`` does).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from flexvar.method import FlexVARMethod
+from flexvar.model import FlexVARConfig
+from methods.base import TokenSpec
+from methods.checkpoints import check_keys, read_checkpoint, tensor_dict
+from methods.tokenizers.flexvq import FlexVQConfig, FlexVQTokenizer, load_official
+from methods.tokenizers.msvq import VAR_PATCH_NUMS
+
+
+def build_tokenizer(codebook_size: int = 16384, codebook_embed_dim: int = 8, z_channels: int = 256, ch: int = 128,
+                    ch_mult: Sequence[int] = (1, 1, 2, 2, 4), num_res_blocks: int = 2, codebook_l2_norm: bool = True,
+                    commit_loss_beta: float = 0.25, norm_num_groups: int = 32,
+                    patch_nums: Sequence[int] = tuple(VAR_PATCH_NUMS), **ignored) -> FlexVQTokenizer:
+    """The official ``VQModel(ModelArgs(...))`` (models/vq_llama.py) with its argument names;
+    ``ch``, ``num_res_blocks`` and ``norm_num_groups`` (hard-coded there) are arguments here,
+    ``ch_mult`` is the official ``encoder_ch_mult`` (= ``decoder_ch_mult``). Accepted and
+    ignored: ``codebook_show_usage``, ``entropy_loss_ratio``, ``dropout_p`` (training logs /
+    terms of the official VQ training, not part of the model's computation here)."""
+    unknown = set(ignored) - {"codebook_show_usage", "entropy_loss_ratio", "dropout_p", "encoder_ch_mult", "decoder_ch_mult"}
+    if unknown:
+        raise TypeError(f"unknown official VQModel argument(s) {sorted(unknown)}")
+    mults = {tuple(ignored.get(k, ch_mult)) for k in ("encoder_ch_mult", "decoder_ch_mult")}
+    if len(mults) != 1:
+        raise ValueError(f"encoder_ch_mult and decoder_ch_mult differ ({sorted(mults)}); the tokenizer uses one list")
+    cfg = FlexVQConfig(vocab_size=codebook_size, code_dim=codebook_embed_dim, z_channels=z_channels, ch=ch,
+                       ch_mult=list(mults.pop()), num_res_blocks=num_res_blocks, norm_num_groups=norm_num_groups,
+                       codebook_l2_norm=codebook_l2_norm, beta=commit_loss_beta, patch_nums=list(patch_nums))
+    return FlexVQTokenizer(cfg).eval()
+
+
+def build(vae_local: FlexVQTokenizer | None = None, num_classes: int = 1000, depth: int = 16, embed_dim: int = 1024,
+          num_heads: int = 16, mlp_ratio: float = 4.0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+          drop_path_rate: float = 0.0, norm_eps: float = 1e-6, shared_aln: bool = False, cond_drop_rate: float = 0.1,
+          token_dropout_p: float = 0.05, attn_l2_norm: bool = False, patch_nums: Sequence[int] | None = None,
+          flash_if_available: bool = True, fused_if_available: bool = True, V: int | None = None,
+          Cvae: int | None = None, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
+          init_std: float = -1.0) -> FlexVARMethod:
+    """The official ``FlexVAR(vae_local, ...)`` constructor (models/flexvar.py), same names and
+    defaults, initialised as ``build_vae_var``. Without ``vae_local`` a tokenizer is built from
+    the factory's ``V`` and ``Cvae`` (LlamaGen VQ-16). ``token_dropout_p`` is accepted and has no
+    effect, as in the official model (its dropout module is never applied); ``flash_`` /
+    ``fused_if_available`` are accepted and ignored (same maths)."""
+    patch_nums = tuple(patch_nums or VAR_PATCH_NUMS)
+    if vae_local is None:
+        if V is None or Cvae is None:
+            raise ValueError("build() needs vae_local (the tokenizer) or the factory's V and Cvae")
+        vae_local = build_tokenizer(codebook_size=V, codebook_embed_dim=Cvae, patch_nums=patch_nums)
+    if (V is not None and V != vae_local.vocab_size) or (Cvae is not None and Cvae != vae_local.channels):
+        raise ValueError(f"V={V}, Cvae={Cvae} differ from vae_local's {vae_local.vocab_size}, {vae_local.channels}")
+    vae_local.cfg.patch_nums = list(patch_nums)
+    cfg = FlexVARConfig(depth=depth, embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, drop_rate=drop_rate,
+                        attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, norm_eps=norm_eps,
+                        shared_aln=shared_aln, attn_l2_norm=attn_l2_norm, cond_drop_rate=cond_drop_rate,
+                        init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head, init_std=init_std)
+    return FlexVARMethod(cfg, TokenSpec(vae_local.channels, patch_nums[-1], num_classes), vae_local)
+
+
+def load_tokenizer(tok: FlexVQTokenizer, state_dict_or_path) -> FlexVQTokenizer:
+    """The official tokenizer weights (a checkpoint with ``model``, or its state dict), strictly."""
+    if isinstance(state_dict_or_path, (str, Path)):
+        what = "the FlexVAR tokenizer (a LlamaGen VQ checkpoint with 'model')"
+        state = tensor_dict(read_checkpoint(state_dict_or_path, what), str(state_dict_or_path), what)
+        return load_official(tok, state, str(state_dict_or_path))
+    return load_official(tok, state_dict_or_path)
+
+
+_MAT_QKV = re.compile(r"^(blocks\.\d+\.attn\.)mat_qkv\.weight$")
+
+
+def convert(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Official state dict -> this model's: ``mat_qkv`` -> ``qkv``; ``attn_bias_for_masking``
+    (a function of the scale list; the official evaluation replaces it too) and the zero
+    ``zero_k_bias`` are dropped."""
+    out = {}
+    for key, value in state.items():
+        if key == "attn_bias_for_masking":
+            continue
+        if key.endswith(".attn.zero_k_bias"):
+            if value.abs().max() != 0:
+                raise RuntimeError(f"{source}: {key} is not zero; not an official FlexVAR checkpoint")
+            continue
+        m = _MAT_QKV.match(key)
+        out[f"{m.group(1)}qkv.weight" if m else key] = value
+    return out
+
+
+def load(model: FlexVARMethod, state_dict_or_path, name: str | None = None) -> FlexVARMethod:
+    """Load a FlexVAR checkpoint strictly: official (bare, or ``trainer.var_wo_ddp`` as the
+    released ``FlexVARd*-epo*.pth``), a suite ``.safetensors``, or a state dict."""
+    from var_baseline.official import depth_of
+    if isinstance(model, FlexVQTokenizer):   # load(tok, "FlexVAE.pth") works too
+        return load_tokenizer(model, state_dict_or_path)
+    what = "a FlexVAR checkpoint (FlexVARd16/d20/d24-epo*.pth, or a suite model.safetensors)"
+    if isinstance(state_dict_or_path, (str, Path)):
+        source = str(state_dict_or_path)
+        obj = read_checkpoint(state_dict_or_path, what)
+        if isinstance(obj, Mapping) and isinstance(obj.get("trainer"), Mapping):
+            obj = obj["trainer"]
+    else:
+        source, obj = name or "the state dict", state_dict_or_path
+    state = convert(tensor_dict(obj, source, what, nested=("var_wo_ddp", "model")), source)
+    net = model.network
+    depth, width = depth_of(state), state["word_embed.weight"].shape[0] if "word_embed.weight" in state else None
+    if depth != len(net.blocks) or (width is not None and width != net.C):
+        raise RuntimeError(f"{source} is a FlexVAR of depth {depth}, width {width}; the model here has depth "
+                           f"{len(net.blocks)}, width {net.C}. Build it with flexvar.depth={depth} (preset flexvar_d{depth}) "
+                           "or the checkpoint's own sizes")
+    check_keys(net.state_dict(), state, source, f"the FlexVAR built here (depth {len(net.blocks)}, width {net.C}, "
+               f"shared_aln={net.cfg.shared_aln}, vocabulary {net.vocab_size}, {net.num_classes} classes)")
+    net.load_state_dict(state, strict=True)
+    return model
+
+
+@torch.no_grad()
+def img_to_indices(tok: FlexVQTokenizer, img: torch.Tensor, patch_nums: Sequence[int]) -> list[torch.Tensor]:
+    """Per-scale ground-truth indices [(B, pn^2)] (the features area-resized to each side)."""
+    return tok.img_to_indices(img, list(patch_nums))
+
+
+@torch.no_grad()
+def indices_to_img(tok: FlexVQTokenizer, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The image of the last scale's indices (official ``decode_code``; not clamped)."""
+    last = indices[-1]
+    return tok.decode_indices(last, round(last.shape[1] ** 0.5))
+
+
+@torch.no_grad()
+def teacher_forcing_input(tok: FlexVQTokenizer, img: torch.Tensor, patch_nums: Sequence[int]):
+    """(inputs (B, L - first_l, C), targets (B, L)) as the official trainer builds them."""
+    return tok.teacher_forcing(tok.features(img), list(patch_nums))
+
+
+@torch.no_grad()
+def logits(model: FlexVARMethod, labels: torch.Tensor, x_input: torch.Tensor, patch_nums: Sequence[int]) -> torch.Tensor:
+    model.eval()
+    return model.network(labels, x_input, tuple(patch_nums))
+
+
+@torch.no_grad()
+def sample(model: FlexVARMethod, tok: FlexVQTokenizer, labels: torch.Tensor | None, seed: int, cfg: float = 1.5,
+           top_k: int = 0, top_p: float = 0.0, infer_patch_nums: Sequence[int] = tuple(VAR_PATCH_NUMS), max_pn: int = 16,
+           llamagen_cfg: bool = False, batch_size: int | None = None, return_all: bool = False, B: int | None = None,
+           used_llamagen_cfg: bool | None = None):
+    """The official ``autoregressive_infer_cfg`` -> images in [0, 1] (a dict of images, labels,
+    tokens per scale and the final code map with ``return_all``); ``B`` / ``batch_size`` for
+    random labels; ``used_llamagen_cfg`` is the official name of ``llamagen_cfg``."""
+    batch_size = batch_size or B
+    llamagen_cfg = llamagen_cfg if used_llamagen_cfg is None else used_llamagen_cfg
+    model.eval()
+    device = next(model.network.parameters()).device
+    num_classes = model.network.num_classes
+    generator = torch.Generator().manual_seed(seed)
+    if labels is None:
+        if not batch_size:
+            raise ValueError("labels=None draws random labels: give batch_size")
+        uniform = torch.full((1, num_classes), 1.0 / num_classes)
+        labels = torch.multinomial(uniform, num_samples=batch_size, replacement=True, generator=generator).reshape(batch_size)
+    code_map, tokens = model.generate(labels.to(device), generator, return_tokens=True, cfg=cfg, top_k=top_k, top_p=top_p,
+                                      max_pn=max_pn, llamagen_cfg=llamagen_cfg, infer_patch_nums=list(infer_patch_nums))
+    raw = tok.decode(code_map)
+    images = raw.clamp(-1, 1).add(1).mul(0.5)
+    return dict(images=images, raw=raw, labels=labels, tokens=tokens, code_map=code_map) if return_all else images
