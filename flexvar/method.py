@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from flexvar.model import FlexVAR, FlexVARConfig
+from methods.adaln_ar import check_tokenizer, cross_entropy, drop_labels
 from methods.base import Method, TokenSpec
 from methods.registry import METHODS
 from methods.sampling import Generators, cfg_logits, cfg_logits_interpolated, sample_tokens
-from var_baseline.model import cross_entropy
 
 SAMPLER_KEYS = ("cfg", "top_k", "top_p", "max_pn", "llamagen_cfg", "topk_sides", "infer_patch_nums")
 
@@ -49,28 +49,17 @@ def extend_scale_list(train: list[int], side: int) -> list[int]:
 
 @METHODS.register_module("flexvar")
 class FlexVARMethod(Method):
+    """FlexVAR on the flexvq tokenizer: trained on the continuous features the tokenizer caches
+    (each step quantizes them at a freshly drawn scale list), sampled over any scale list; the
+    code map it returns decodes at pn * stride pixels."""
     Config = FlexVARConfig
-    tokenizer_kind = "multiscale_groundtruth"
     sampler_keys = SAMPLER_KEYS
+    tokenizer_kind = "multiscale_groundtruth"
 
     def __init__(self, cfg: FlexVARConfig, spec: TokenSpec, tokenizer=None):
         super().__init__(cfg, spec, tokenizer)
-        if tokenizer is None or getattr(tokenizer, "kind", None) != self.tokenizer_kind:
-            kind = getattr(tokenizer, "kind", None)
-            raise ValueError(f"FlexVAR needs a ground-truth multi-scale VQ tokenizer (flexvar.tokenizer=flexvq); got {kind!r}")
-        if tokenizer.patch_nums[-1] != spec.latent_size:
-            raise ValueError(f"the tokenizer's last scale {tokenizer.patch_nums[-1]} differs from the latent side "
-                             f"{spec.latent_size}: set flexvq.patch_nums to end at data.resolution / stride")
-        self._tokenizer = (tokenizer,)   # not a submodule: the checkpoint holds the transformer only
+        check_tokenizer(tokenizer, self.tokenizer_kind, "FlexVAR", "flexvq", spec.latent_size)
         self.model = FlexVAR(cfg, tokenizer.channels, tokenizer.vocab_size, tokenizer.patch_nums, spec.num_classes)
-
-    @property
-    def network(self) -> FlexVAR:
-        return self.model
-
-    @property
-    def tokenizer(self):
-        return self._tokenizer[0]
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Cross-entropy of every scale's ground-truth tokens given the coarser scales, on a
@@ -79,8 +68,7 @@ class FlexVARMethod(Method):
         sides = draw_scale_list(train, generator) if self.cfg.random_scale_lists and self.training else train
         with torch.no_grad():
             x_input, targets = self.tokenizer.teacher_forcing(features, sides)
-        drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < self.cfg.cond_drop_rate
-        labels = torch.where(drop, self.model.num_classes, labels)
+        labels = drop_labels(labels, self.cfg.cond_drop_rate, self.model.num_classes, generator)
         return cross_entropy(self.model(labels, x_input, sides), targets)
 
     def evaluation_settings(self, side: int | None = None, patch_nums: list[int] | None = None) -> dict:
@@ -128,8 +116,7 @@ class FlexVARMethod(Method):
         class_embedding = model.class_emb(torch.cat((labels, torch.full_like(labels, model.num_classes))))
         positions = model.positions(sides)
         first_l = sides[0] ** 2
-        x = (class_embedding[:, None].expand(2 * B, first_l, -1) + model.pos_start.expand(2 * B, first_l, -1)
-             + positions[:, :first_l])
+        x = model.start_tokens(class_embedding) + positions[:, :first_l]
         codebook = tok.codebook()
         drawn, begin = [], first_l
         model.enable_cache(True)

@@ -20,7 +20,6 @@ official evaluation's ``save_image(..., value_range=(-1, 1))`` does).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -29,6 +28,7 @@ import torch
 from flexvar.method import FlexVARMethod
 from flexvar.model import FlexVARConfig
 from methods.base import TokenSpec
+from methods.adaln_ar import check_size, official_labels, read_official_state, rename_official
 from methods.checkpoints import check_keys, read_checkpoint, tensor_dict
 from methods.tokenizers.flexvq import FlexVQConfig, FlexVQTokenizer, load_official
 from methods.tokenizers.msvq import VAR_PATCH_NUMS
@@ -91,47 +91,23 @@ def load_tokenizer(tok: FlexVQTokenizer, state_dict_or_path) -> FlexVQTokenizer:
     return load_official(tok, state_dict_or_path)
 
 
-_MAT_QKV = re.compile(r"^(blocks\.\d+\.attn\.)mat_qkv\.weight$")
-
-
 def convert(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Official state dict -> this model's: ``mat_qkv`` -> ``qkv``; ``attn_bias_for_masking``
     (a function of the scale list; the official evaluation replaces it too) and the zero
     ``zero_k_bias`` are dropped."""
-    out = {}
-    for key, value in state.items():
-        if key == "attn_bias_for_masking":
-            continue
-        if key.endswith(".attn.zero_k_bias"):
-            if value.abs().max() != 0:
-                raise RuntimeError(f"{source}: {key} is not zero; not an official FlexVAR checkpoint")
-            continue
-        m = _MAT_QKV.match(key)
-        out[f"{m.group(1)}qkv.weight" if m else key] = value
-    return out
+    return rename_official(state, source, derived=("attn_bias_for_masking",))
 
 
 def load(model: FlexVARMethod, state_dict_or_path, name: str | None = None) -> FlexVARMethod:
     """Load a FlexVAR checkpoint strictly: official (bare, or ``trainer.var_wo_ddp`` as the
-    released ``FlexVARd*-epo*.pth``), a suite ``.safetensors``, or a state dict."""
-    from var_baseline.official import depth_of
+    released ``FlexVARd*-epo*.pth``), a suite ``.safetensors``, or a state dict (a tokenizer
+    given as ``model`` gets its FlexVAE weights)."""
     if isinstance(model, FlexVQTokenizer):   # load(tok, "FlexVAE.pth") works too
         return load_tokenizer(model, state_dict_or_path)
     what = "a FlexVAR checkpoint (FlexVARd16/d20/d24-epo*.pth, or a suite model.safetensors)"
-    if isinstance(state_dict_or_path, (str, Path)):
-        source = str(state_dict_or_path)
-        obj = read_checkpoint(state_dict_or_path, what)
-        if isinstance(obj, Mapping) and isinstance(obj.get("trainer"), Mapping):
-            obj = obj["trainer"]
-    else:
-        source, obj = name or "the state dict", state_dict_or_path
-    state = convert(tensor_dict(obj, source, what, nested=("var_wo_ddp", "model")), source)
-    net = model.network
-    depth, width = depth_of(state), state["word_embed.weight"].shape[0] if "word_embed.weight" in state else None
-    if depth != len(net.blocks) or (width is not None and width != net.C):
-        raise RuntimeError(f"{source} is a FlexVAR of depth {depth}, width {width}; the model here has depth "
-                           f"{len(net.blocks)}, width {net.C}. Build it with flexvar.depth={depth} (preset flexvar_d{depth}) "
-                           "or the checkpoint's own sizes")
+    source, state = read_official_state(state_dict_or_path, what, name)
+    state, net = convert(state, source), model.network
+    check_size(state, net, source, "flexvar", (16, 20, 24))
     check_keys(net.state_dict(), state, source, f"the FlexVAR built here (depth {len(net.blocks)}, width {net.C}, "
                f"shared_aln={net.cfg.shared_aln}, vocabulary {net.vocab_size}, {net.num_classes} classes)")
     net.load_state_dict(state, strict=True)
@@ -175,13 +151,7 @@ def sample(model: FlexVARMethod, tok: FlexVQTokenizer, labels: torch.Tensor | No
     llamagen_cfg = llamagen_cfg if used_llamagen_cfg is None else used_llamagen_cfg
     model.eval()
     device = next(model.network.parameters()).device
-    num_classes = model.network.num_classes
-    generator = torch.Generator().manual_seed(seed)
-    if labels is None:
-        if not batch_size:
-            raise ValueError("labels=None draws random labels: give batch_size")
-        uniform = torch.full((1, num_classes), 1.0 / num_classes)
-        labels = torch.multinomial(uniform, num_samples=batch_size, replacement=True, generator=generator).reshape(batch_size)
+    labels, generator = official_labels(labels, model.network.num_classes, seed, batch_size)
     code_map, tokens = model.generate(labels.to(device), generator, return_tokens=True, cfg=cfg, top_k=top_k, top_p=top_p,
                                       max_pn=max_pn, llamagen_cfg=llamagen_cfg, infer_patch_nums=list(infer_patch_nums))
     raw = tok.decode(code_map)

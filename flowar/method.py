@@ -33,10 +33,6 @@ class FlowARMethod(Method):
         super().__init__(cfg, spec, tokenizer)
         self.model = FlowAR(cfg, spec.channels, spec.latent_size, spec.num_classes)
 
-    @property
-    def network(self) -> FlowAR:
-        return self.model
-
     def loss(self, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
              noise: list[torch.Tensor] | None = None, t: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Sum over scales of the flow-matching loss, scale k weighted by its share of the last

@@ -44,11 +44,16 @@ class Method(nn.Module):
         parts (VAR's teacher-forcing inputs and next-scale maps come from its quantizer)."""
         super().__init__()
         self.cfg, self.spec = cfg, spec
+        self._tokenizer = (tokenizer,)   # a tuple: not a submodule, so checkpoints hold the network only
+
+    @property
+    def tokenizer(self) -> nn.Module | None:
+        return self._tokenizer[0]
 
     @property
     def network(self) -> nn.Module:
-        """The module whose state dict is the checkpoint (official key names)."""
-        raise NotImplementedError
+        """The module whose state dict is the checkpoint (official key names): ``self.model``."""
+        return self.model
 
     def load_weights(self, state_dict_or_path, ema: bool = True) -> "Method":
         """Load network weights (a suite run's ``ema/model.safetensors`` or the method's

@@ -3,43 +3,34 @@ scale-by-scale sampler (KV cache, CFG growing linearly over scales, top-k / top-
 Gumbel smoothing), around the network in var_baseline/model.py and the msvq quantizer."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
+from methods.adaln_ar import check_tokenizer, cross_entropy, drop_labels
 from methods.base import Method, TokenSpec
 from methods.registry import METHODS
 from methods.sampling import Generators, cfg_logits, gumbel_softmax, sample_tokens
-from var_baseline.model import VAR, VARConfig, cross_entropy
+from var_baseline.model import VAR, VARConfig
 
 SAMPLER_KEYS = ("cfg", "top_k", "top_p", "more_smooth")
 
 
 @METHODS.register_module("var")
 class VARMethod(Method):
+    """VAR on the msvq tokenizer: trained on cached token indices, sampled over the training scales."""
     Config = VARConfig
     tokenizer_kind = "multiscale_residual"
     sampler_keys = SAMPLER_KEYS
 
     def __init__(self, cfg: VARConfig, spec: TokenSpec, tokenizer=None):
         super().__init__(cfg, spec, tokenizer)
-        if tokenizer is None or getattr(tokenizer, "kind", None) != self.tokenizer_kind:
-            kind = getattr(tokenizer, "kind", None)
-            raise ValueError(f"VAR needs a multi-scale residual VQ tokenizer (var.tokenizer=msvq); got {kind!r}")
+        check_tokenizer(tokenizer, self.tokenizer_kind, "VAR", "msvq", spec.latent_size)
         quantizer = tokenizer.quantize
-        if quantizer.patch_nums[-1] != spec.latent_size:
-            raise ValueError(f"the tokenizer's last scale {quantizer.patch_nums[-1]} differs from the latent side "
-                             f"{spec.latent_size}: set msvq.patch_nums to end at data.resolution / stride")
-        self._quantizer = (quantizer,)   # not a submodule: the checkpoint holds the transformer only
         self.model = VAR(cfg, quantizer.channels, quantizer.vocab_size, quantizer.patch_nums, spec.num_classes)
 
     @property
-    def network(self) -> VAR:
-        return self.model
-
-    @property
     def quantizer(self):
-        return self._quantizer[0]
+        return self.tokenizer.quantize
 
     def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         return list(tokens.split([p * p for p in self.model.patch_nums], dim=1))
@@ -49,8 +40,7 @@ class VARMethod(Method):
         the class is replaced by the null class with probability ``cond_drop_rate``."""
         with torch.no_grad():
             x_input = self.quantizer.teacher_forcing_input(self.split(tokens))
-        drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < self.cfg.cond_drop_rate
-        labels = torch.where(drop, self.model.num_classes, labels)
+        labels = drop_labels(labels, self.cfg.cond_drop_rate, self.model.num_classes, generator)
         return cross_entropy(self.model(labels, x_input), tokens)
 
     def generated_scales(self, **settings) -> list[int]:

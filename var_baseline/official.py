@@ -18,14 +18,14 @@ and the Gumbel noise of ``more_smooth``.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
 from methods.base import TokenSpec
-from methods.checkpoints import check_keys, read_checkpoint, tensor_dict
+from methods.adaln_ar import check_size, official_labels, read_official_state, rename_official
+from methods.checkpoints import check_keys
 from methods.tokenizers.msvq import VAR_PATCH_NUMS, MSVQConfig, MSVQTokenizer, load_official, read_official
 from var_baseline.method import VARMethod
 from var_baseline.model import VARConfig
@@ -100,31 +100,15 @@ def load_vqvae(tok: MSVQTokenizer, state_dict_or_path) -> MSVQTokenizer:
     return load_official(tok, state_dict_or_path)
 
 
-_MAT_QKV = re.compile(r"^(blocks\.\d+\.attn\.)mat_qkv\.weight$")
-
-
 def convert(state: Mapping[str, torch.Tensor], model: VARMethod, source: str) -> dict[str, torch.Tensor]:
     """Official VAR state dict -> this model's: ``mat_qkv`` -> ``qkv``; the derived buffers
     (``lvl_1L``, ``attn_bias_for_masking``, the zero ``zero_k_bias``) are checked and dropped."""
-    out, L = {}, model.network.L
-    for key, value in state.items():
-        if key in _DERIVED_BUFFERS:
-            if key == "attn_bias_for_masking" and value.shape[-1] != L:
-                raise RuntimeError(f"{source} was trained with {value.shape[-1]} tokens per image (its patch_nums), "
-                                   f"the model here has L={L} (patch_nums={list(model.network.patch_nums)}); "
-                                   "build it with the checkpoint's patch_nums")
-            continue
-        if key.endswith(".attn.zero_k_bias"):
-            if value.abs().max() != 0:
-                raise RuntimeError(f"{source}: {key} is not zero; not an official VAR checkpoint")
-            continue
-        m = _MAT_QKV.match(key)
-        out[f"{m.group(1)}qkv.weight" if m else key] = value
-    return out
-
-
-def depth_of(state: Mapping[str, torch.Tensor]) -> int:
-    return 1 + max((int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    mask, L = state.get("attn_bias_for_masking"), model.network.L
+    if mask is not None and mask.shape[-1] != L:
+        raise RuntimeError(f"{source} was trained with {mask.shape[-1]} tokens per image (its patch_nums), the model "
+                           f"here has L={L} (patch_nums={list(model.network.patch_nums)}); build it with the "
+                           "checkpoint's patch_nums")
+    return rename_official(state, source, derived=("lvl_1L", "attn_bias_for_masking"))
 
 
 def load(model: VARMethod, state_dict_or_path, name: str | None = None) -> VARMethod:
@@ -135,22 +119,10 @@ def load(model: VARMethod, state_dict_or_path, name: str | None = None) -> VARMe
     if isinstance(model, MSVQTokenizer):   # load(vqvae, "vae_ch160v4096z32.pth") works too
         return load_vqvae(model, state_dict_or_path)
     what = "a VAR checkpoint (var_d16.pth ... var_d30.pth, or a suite model.safetensors)"
-    if isinstance(state_dict_or_path, (str, Path)):
-        source = str(state_dict_or_path)
-        obj = read_checkpoint(state_dict_or_path, what)
-        if isinstance(obj, Mapping) and isinstance(obj.get("trainer"), Mapping):
-            obj = obj["trainer"]
-        state = tensor_dict(obj, source, what, nested=("var_wo_ddp", "model"))
-    else:
-        source = name or "the state dict"
-        state = tensor_dict(state_dict_or_path, source, what, nested=("var_wo_ddp", "model"))
+    source, state = read_official_state(state_dict_or_path, what, name)
     net = model.network
     state = convert(state, model, source)
-    depth, width = depth_of(state), state["word_embed.weight"].shape[0] if "word_embed.weight" in state else None
-    if depth != len(net.blocks) or (width is not None and width != net.C):
-        raise RuntimeError(f"{source} is a VAR of depth {depth}, width {width}; the model here has depth "
-                           f"{len(net.blocks)}, width {net.C}. Build it with var.depth={depth} (preset var_d{depth}"
-                           f"{' if released' if depth not in (16, 20, 24, 30) else ''}) or the checkpoint's own sizes")
+    check_size(state, net, source, "var", (16, 20, 24, 30))
     check_keys(net.state_dict(), state, source, f"the VAR built here (depth {len(net.blocks)}, width {net.C}, "
                f"shared_aln={net.cfg.shared_aln}, attn_l2_norm={net.cfg.attn_l2_norm}, vocabulary {net.vocab_size}, "
                f"{net.num_classes} classes, patch_nums={list(net.patch_nums)})")
@@ -190,18 +162,9 @@ def sample(model: VARMethod, vqvae: MSVQTokenizer, labels: torch.Tensor | int | 
     ``return_all`` a dict of the images, the labels used, the tokens drawn per scale and f_hat.
     ``labels``: a tensor, an int for the whole batch (negative: unconditional), or None for
     random labels (then ``batch_size``, or the official name ``B``, is needed)."""
-    batch_size = batch_size or B
     model.eval()
     device = next(model.network.parameters()).device
-    num_classes = model.network.num_classes
-    generator = torch.Generator().manual_seed(seed)
-    if labels is None:
-        if not batch_size:
-            raise ValueError("labels=None draws random labels: give batch_size")
-        uniform = torch.full((1, num_classes), 1.0 / num_classes)
-        labels = torch.multinomial(uniform, num_samples=batch_size, replacement=True, generator=generator).reshape(batch_size)
-    elif isinstance(labels, int):
-        labels = torch.full((batch_size or 1,), num_classes if labels < 0 else labels)
+    labels, generator = official_labels(labels, model.network.num_classes, seed, batch_size or B)
     f_hat, tokens = model.generate(labels.to(device), generator, return_tokens=True, cfg=cfg, top_k=top_k, top_p=top_p,
                                    more_smooth=more_smooth)
     images = vqvae.decode(f_hat).clamp(-1, 1).add(1).mul(0.5)
