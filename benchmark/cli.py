@@ -43,6 +43,18 @@ def parser() -> argparse.ArgumentParser:
     smp.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     _common(smp)
     sub.add_parser("list", help="list registered methods, tokenizers, datasets and presets")
+    ev = sub.add_parser("evaluate", help="FID / IS / KID / precision-recall (torch-fidelity) of a sample folder or "
+                                         ".npz against a reference (ADM .npz or folder); writes a record")
+    ev.add_argument("--samples", required=True, help="folder of PNGs (e.g. `sample --out`) or an .npz with arr_0")
+    ev.add_argument("--reference", required=True, help="ADM reference batch .npz (arr_0 and/or mu, sigma) or a folder")
+    ev.add_argument("--inception-weights", default=None, help="local Inception weights (else cache / download)")
+    ev.add_argument("--metrics", nargs="+", default=["isc", "fid", "kid", "prc"], choices=["isc", "fid", "kid", "prc"])
+    ev.add_argument("--results", default="results")
+    ev.add_argument("--batch-size", type=int, default=50)
+    ev.add_argument("--device", default="auto")
+    pre = sub.add_parser("prefetch", help="download (where online) and check the Inception weights the fidelity "
+                                          "metrics need, for compute nodes without internet")
+    pre.add_argument("--inception-weights", default=None, help="use / check this file instead of torch hub's cache")
     col = sub.add_parser("collect", help="rebuild the leaderboard and plots from the records")
     col.add_argument("--results", default="results")
     return p
@@ -120,6 +132,36 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import json
+    from benchmark.metrics.fidelity import MissingWeightsError, evaluate_folder, inception_weights
+    from benchmark.stages import resolve_device
+    try:   # before any work: the weights, then the inputs
+        weights = inception_weights(args.inception_weights)
+    except (MissingWeightsError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = evaluate_folder(args.samples, args.reference, weights, args.results, tuple(args.metrics), args.batch_size,
+                          resolve_device(args.device).type)
+    print(json.dumps(json.loads(out.read_text())["metrics"], indent=2))
+    print(f"record: {out}")
+    return 0
+
+
+def cmd_prefetch(args) -> int:
+    import hashlib
+    from benchmark.metrics.fidelity import MissingWeightsError, inception_weights
+    try:
+        path = inception_weights(args.inception_weights, download=True)
+    except (MissingWeightsError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    print(f"Inception weights: {path}\nsha256: {digest}\n(set SCALEWISE_INCEPTION_WEIGHTS={path} on nodes that "
+          "do not share this cache)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     split_overrides(args)
@@ -132,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sample(args)
         if args.command == "train-tokenizer":
             return cmd_train_tokenizer(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "prefetch":
+            return cmd_prefetch(args)
         if args.command == "collect":
             from jobs.sweep import collect
             print(collect(args.results).to_string(index=False))

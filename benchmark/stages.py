@@ -77,6 +77,7 @@ def train_tokenizer(cfg: DictConfig, method: str) -> Path:
         return out
     tcfg, device = section(cfg, name), resolve_device(cfg.device)
     tok_cls = lookup(TOKENIZERS, name)
+    torch.manual_seed(0)   # the tokenizer is a function of its config and the data alone (as its cache key)
     tok = (tok_cls.from_pretrained(tcfg.pretrained, tcfg) if tcfg.pretrained else tok_cls(tcfg)).to(device)
     data = build_dataset(cfg)
     start = time.time()

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from benchmark.datasets.shapes import Shapes
@@ -73,3 +74,17 @@ def test_missing_pretrained_folder_is_a_clear_error(tmp_path):
         KLTokenizer.from_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="kl.pretrained"):
         load_config("tiny", [f"kl.pretrained={tmp_path}/nope"])
+
+
+@pytest.mark.parametrize("method", ["flowar", "var", "flexvar"])
+def test_tokenizer_training_is_reproducible(tmp_path, method):
+    """Same config, same tokenizer, whatever ran before in the process (its init is seeded)."""
+    from benchmark import stages
+    from benchmark.config import load_config
+    states = []
+    for run in range(2):
+        torch.manual_seed(run)   # a different global RNG state each time
+        cfg = load_config("smoke", [f"paths.cache={tmp_path}/{run}/cache", f"paths.runs={tmp_path}/{run}/runs"])
+        states.append(stages.load_weights(stages.train_tokenizer(cfg, method) / "tokenizer.safetensors"))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
