@@ -148,7 +148,7 @@ def inception_statistics(images: torch.Tensor, weights: Path, batch_size: int = 
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
     extractor = create_feature_extractor(FEATURE_EXTRACTOR, [FID_LAYER], cuda=device == "cuda",
                                          feature_extractor_weights_path=str(weights), verbose=False)
-    features = get_featuresdict_from_dataset(UInt8Images(images), extractor, batch_size, device == "cuda", False, False)
+    features = get_featuresdict_from_dataset(UInt8Images(images), extractor, batch_size, device == "cuda", True, False)
     return fid_features_to_statistics(features[FID_LAYER])
 
 
