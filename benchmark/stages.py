@@ -292,8 +292,7 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
     except NotSupportedByDesign as err:   # a row that says so, never a silent fallback
         record = make_record(cfg, method, {}, {}, 0.0, model, {}, resolution)
         record.update(note=f"not supported by design: {err}", scales=None)
-        results.write_record(out / f"record-{record['config_hash']}.json", record)
-        return results.write_record(Path(cfg.paths.results) / "records" / f"{cfg.preset}_{method}_{record['config_hash']}_seed{cfg.seed}.json", record)
+        return write_records(cfg, method, out, record)
     train_set = build_dataset(cfg, resolution=resolution)
     classifier = clf.load_or_train_classifier(train_set, Path(cfg.paths.cache) / "classifiers",
                                               steps=ev.classifier_steps).to(device)
@@ -329,6 +328,11 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
     shared_grid.parent.mkdir(parents=True, exist_ok=True)
     shared_grid.write_bytes(grid.read_bytes())
     record = make_record(cfg, method, metrics, reference, sample_s, model, settings, resolution)
+    return write_records(cfg, method, out, record)
+
+
+def write_records(cfg: DictConfig, method: str, out: Path, record: dict) -> Path:
+    """The record in the run directory and in results/records (the leaderboard's source)."""
     results.write_record(out / f"record-{record['config_hash']}.json", record)
     return results.write_record(Path(cfg.paths.results) / "records" / f"{cfg.preset}_{method}_{record['config_hash']}_seed{cfg.seed}.json", record)
 

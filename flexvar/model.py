@@ -62,9 +62,6 @@ def check_scale_list(key: str, sides: list, allow_empty: bool = False) -> None:
         raise ConfigError(f"{key}={sides}: a scale list starts at 1 and increases, e.g. [1, 2, 3, 4, 6, 8]")
 
 
-FlexVAR_models = {f"flexvar_d{d}": dict(depth=d) for d in (16, 20, 24)}
-
-
 def sincos_grid(side: int, dim: int) -> torch.Tensor:
     """The official initial position map (1, dim, side, side): even channels sin(row * w_i),
     odd channels cos(column * w_i), w_i = 10000^(-2i / dim)."""

@@ -5,7 +5,6 @@ import re
 import pytest
 import torch
 
-from flexvar import official
 from flexvar.method import FlexVARMethod, draw_scale_list, extend_scale_list
 from flexvar.model import FlexVARConfig
 from methods.base import NotSupportedByDesign, TokenSpec

@@ -34,11 +34,6 @@ class VARConfig(AdaLNARConfig):
     more_smooth: bool = False          # Gumbel-softmax code mixing (for visualisation, not FID)
 
 
-# Official sizes (models/__init__.py build_vae_var: width 64 * depth, depth heads); d16..d30
-# are the released checkpoints var_d16.pth ... var_d30.pth.
-VAR_models = {f"var_d{d}": dict(depth=d) for d in (16, 20, 24, 30)}
-
-
 class VAR(AdaLNARTransformer):
     def __init__(self, cfg: VARConfig, code_channels: int, vocab_size: int, patch_nums, num_classes: int):
         super().__init__(cfg, code_channels, vocab_size, patch_nums, num_classes, float_logits=True)

@@ -108,7 +108,7 @@ def convert(state: Mapping[str, torch.Tensor], model: VARMethod, source: str) ->
         raise RuntimeError(f"{source} was trained with {mask.shape[-1]} tokens per image (its patch_nums), the model "
                            f"here has L={L} (patch_nums={list(model.network.patch_nums)}); build it with the "
                            "checkpoint's patch_nums")
-    return rename_official(state, source, derived=("lvl_1L", "attn_bias_for_masking"))
+    return rename_official(state, source, derived=_DERIVED_BUFFERS)
 
 
 def load(model: VARMethod, state_dict_or_path, name: str | None = None) -> VARMethod:
