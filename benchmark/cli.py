@@ -1,7 +1,9 @@
-"""Command line: ``python -m benchmark {run,list,train-tokenizer,collect}``.
+"""Command line: ``python -m benchmark {run,status,collect,list,train-tokenizer,sample,evaluate,prefetch}``.
 
     python -m benchmark run --methods flowar                      # tiny preset, CPU friendly
     python -m benchmark run --methods flowar --preset smoke train.steps=50
+    python -m benchmark run --methods flowar var --cluster one-node --seeds 0 1 --dry-run
+    python -m benchmark status                                    # the newest sweep's jobs
     python -m benchmark list
 """
 from __future__ import annotations
@@ -27,10 +29,19 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train, sample and evaluate methods; update results/")
     run.add_argument("--methods", nargs="+", required=True, help="registered method names (see `list`)")
-    run.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the config's seed)")
+    run.add_argument("--seeds", nargs="+", default=None, help="seeds (default: the config's seed)")
     run.add_argument("--stages", nargs="+", default=["tokenizer", "latents", "train", "evaluate"],
                      help="stages to run, in order (default: all); finished stages are skipped anyway")
-    _common(run)
+    run.add_argument("--preset", nargs="+", default=["tiny"],
+                     help="config preset(s) in benchmark/configs (default: tiny); several make a sweep over them")
+    run.add_argument("--executor", choices=["inline", "local", "slurm"], default=None,
+                     help="inline: this process; local: submitit subprocesses (default); slurm: job arrays")
+    run.add_argument("--cluster", default=None, help="cluster preset in jobs/clusters (e.g. one-node) or a YAML path")
+    run.add_argument("--dry-run", action="store_true", help="print the jobs, arrays and sbatch resources; submit nothing")
+    run.add_argument("--redo-evaluate", action="store_true",
+                     help="evaluate again even where this evaluation's record exists (finished work is skipped otherwise)")
+    run.add_argument("--no-wait", action="store_true", help="slurm: return after submitting (watch with `status`)")
+    run.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.steps=500")
     tok = sub.add_parser("train-tokenizer", help="train (or load) the tokenizer a method uses; cached")
     tok.add_argument("--method", default="flowar", help="the method whose tokenizer to train")
     _common(tok)
@@ -55,8 +66,13 @@ def parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("prefetch", help="download (where online) and check the Inception weights the fidelity "
                                           "metrics need, for compute nodes without internet")
     pre.add_argument("--inception-weights", default=None, help="use / check this file instead of torch hub's cache")
-    col = sub.add_parser("collect", help="rebuild the leaderboard and plots from the records")
+    col = sub.add_parser("collect", help="rebuild the leaderboard and plots from the records (of a sweep's results)")
+    col.add_argument("run", nargs="?", default=None, help="a sweep folder (default: --results)")
     col.add_argument("--results", default="results")
+    st = sub.add_parser("status", help="each job of a sweep: state, id, error")
+    st.add_argument("run", nargs="?", default=None, help="the sweep folder `run` printed (default: the newest)")
+    st.add_argument("--runs", default="runs", help="where sweeps are looked up by name (paths.runs)")
+    st.add_argument("--wait", action="store_true", help="poll until every job has ended")
     return p
 
 
@@ -69,44 +85,101 @@ def cmd_list() -> int:
 
 def split_overrides(args) -> None:
     """`--methods flowar var train.steps=5`: argparse gives the overrides to the list option
-    before them (--methods, --stages, --seeds)."""
-    for name in ("methods", "stages"):
+    before them (--methods, --stages, --seeds, --preset)."""
+    for name in ("methods", "stages", "seeds", "preset"):
         values = getattr(args, name, None)
-        if values:
+        if isinstance(values, list):
             args.overrides = [m for m in values if "=" in m] + args.overrides
             setattr(args, name, [m for m in values if "=" not in m])
+    if getattr(args, "seeds", None):
+        bad = [s for s in args.seeds if not s.lstrip("-").isdigit()]
+        if bad:
+            raise ConfigError(f"--seeds {' '.join(bad)}: seeds are integers, e.g. --seeds 0 1 2")
+        args.seeds = [int(s) for s in args.seeds]
 
 
 def cmd_run(args) -> int:
-    from jobs.sweep import STAGES, collect, make_jobs, run_inline
+    from jobs import executors
+    from jobs.sweep import STAGES, collect, plan
     for m in args.methods:  # fail before any work
         lookup(METHODS, m)
-    cfg = load_config(args.preset, args.overrides)
-    if cfg.data.name == "imagefolder" and not cfg.data.root:
-        raise ConfigError("data.root is not set; imagefolder needs data.root=/path/to/folder")
+    overrides = list(args.overrides) + ([f"jobs.executor={args.executor}"] if args.executor else [])
+    configs = [load_config(preset, overrides, args.cluster) for preset in args.preset]
+    cfg = configs[0]
+    for c in configs:
+        if c.data.name == "imagefolder" and not c.data.root:
+            raise ConfigError("data.root is not set; imagefolder needs data.root=/path/to/folder")
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; choose from: {', '.join(STAGES)}")
-    if "evaluate" in args.stages and cfg.data.name != "shapes":
-        raise ConfigError(f"data.name={cfg.data.name!r}: this version scores only `shapes` (Inception FID/IS for "
-                          "image folders come with the evaluation-suite issue). Run with --stages tokenizer latents train.")
-    jobs = make_jobs(cfg, args.methods, args.seeds or [cfg.seed], args.stages)
-    start = time.time()
-    records = run_inline(jobs)
-    if "evaluate" not in args.stages:
-        print(f"{len(jobs)} job(s) finished in {time.time() - start:.0f}s: " + ", ".join(map(str, records)))
+    if "evaluate" in args.stages and any(c.data.name != "shapes" for c in configs):
+        raise ConfigError("data.name=imagefolder: the run's evaluate stage scores only `shapes`; for image folders "
+                          "run --stages tokenizer latents train, then `sample` and `evaluate` (Inception metrics).")
+    groups = plan(configs, args.methods, args.seeds, tuple(args.stages), args.redo_evaluate)
+    executor = cfg.jobs.executor
+    if args.dry_run:
+        print(executors.dry_run(groups, cfg) if executor == "slurm" else
+              "\n".join(f"== {g.name} ({executor}): " + ", ".join(j.name for j in g.jobs) for g in groups))
         return 0
+    start = time.time()
+    if executor == "inline":
+        outputs = executors.run_inline(groups)
+        rows = [{"job": j.name, "state": executors.FINISHED} for g in groups for j in g.jobs]
+        records = [o for o in outputs["outputs"] if o.endswith(".json")]
+    else:
+        folder = executors.sweep_folder(cfg)
+        if executor == "slurm":
+            record = executors.submit_slurm(groups, cfg, folder)
+            sweep = executors.write_sweep(folder, cfg, executor, record, sys.argv)
+            print(f"submitted {sum(len(g.jobs) for g in groups)} job(s) in {len(groups)} array(s): "
+                  + ", ".join(f"{g['name']}={g['array_id']}" for g in record["groups"]) + f"\nsweep: {folder}")
+            if args.no_wait:
+                print(f"watch: python -m benchmark status {folder}")
+                return 0
+        else:
+            print(f"sweep: {folder}")
+            record = executors.run_local(groups, cfg, folder)
+            sweep = executors.write_sweep(folder, cfg, executor, record, sys.argv)
+        rows = executors.wait(sweep.parent, poll_s=2.0 if executor == "slurm" else 0.1,
+                              log=print if executor == "slurm" else (lambda *_: None))
+        records = [r["detail"] for r in rows if r["state"] == executors.FINISHED and r["detail"].endswith(".json")]
+    failed = [r for r in rows if r["state"] != executors.FINISHED]
+    if "evaluate" not in args.stages:
+        print(f"{len(rows) - len(failed)} job(s) finished in {time.time() - start:.0f}s")
+        return 1 if failed else 0
     frame = collect(cfg.paths.results)
-    print(f"\n{len(records)} job(s) finished in {time.time() - start:.0f}s; records: "
-          + ", ".join(str(r) for r in records))
+    print(f"\n{len(records)} record(s) in {time.time() - start:.0f}s: " + ", ".join(records))
     cols = [c for c in ("method", "seed", "class_consistency", "classifier_fd", "ref_classifier_acc_real",
                         "ref_classifier_acc_recon", "ref_untrained_class_consistency", "ref_untrained_classifier_fd",
                         "throughput_img_s", "params_m") if c in frame.columns]
-    hashes = {json.loads(Path(r).read_text())["config_hash"] for r in records}
+    hashes = {json.loads(Path(r).read_text())["config_hash"] for r in records if Path(r).exists()}
     mine = frame[frame.config_hash.isin(hashes)] if len(frame) else frame
     if len(mine):
         print(mine[cols].to_string(index=False))
     print(f"leaderboard: {cfg.paths.results}/leaderboard.csv")
+    if failed:
+        print(f"{len(failed)} job(s) did not finish:\n{executors.format_status(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_status(args) -> int:
+    from jobs import executors
+    folder = executors.find_sweep(args.run, args.runs)
+    rows = executors.wait(folder) if args.wait else executors.status(folder)
+    print(f"sweep: {folder}\n{executors.format_status(rows)}")
+    return 0 if all(r["state"] == executors.FINISHED for r in rows) else 1
+
+
+def cmd_collect(args) -> int:
+    from jobs import executors
+    from jobs.sweep import collect
+    results_dir = args.results
+    if args.run:
+        results_dir = json.loads((executors.find_sweep(args.run) / "sweep.json").read_text())["results"]
+    frame = collect(results_dir)
+    print(frame.to_string(index=False) if len(frame) else f"no records under {results_dir}/records")
+    print(f"leaderboard: {results_dir}/leaderboard.csv")
     return 0
 
 
@@ -164,8 +237,8 @@ def cmd_prefetch(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    split_overrides(args)
     try:
+        split_overrides(args)
         if args.command == "list":
             return cmd_list()
         if args.command == "run":
@@ -179,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prefetch":
             return cmd_prefetch(args)
         if args.command == "collect":
-            from jobs.sweep import collect
-            print(collect(args.results).to_string(index=False))
-            return 0
-    except (ConfigError, UnknownNameError) as err:
+            return cmd_collect(args)
+        if args.command == "status":
+            return cmd_status(args)
+    except (ConfigError, UnknownNameError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1

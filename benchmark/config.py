@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -127,6 +127,36 @@ class PathsConfig:
 
 
 @dataclass
+class JobsConfig:
+    """How the stages are scheduled (jobs/); not part of any cache key. Cluster presets in
+    jobs/clusters/*.yaml set these (``--cluster NAME``)."""
+    executor: str = "local"        # inline (this process) | local (submitit subprocesses) | slurm
+    folder: str = ""               # sweeps' logs and job pickles; "" = <paths.runs>/sweeps
+    parallel: int = 1              # local: jobs at once
+    timeout_min: int = 720         # per job; Slurm warns (SIGUSR2) 90 s before, the job checkpoints and requeues
+    max_requeue: int = 3           # requeues after time-outs before giving up (preemptions don't count)
+    # Slurm resources, per job of the array. One task per GPU (DDP); gpus_per_node=0: one CPU task.
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: float = 8.0
+    array_parallelism: int = 64    # array tasks running at once
+    setup: List[str] = field(default_factory=list)          # shell lines before the job, e.g. "source venv/bin/activate"
+    sbatch: Dict[str, Any] = field(default_factory=dict)    # any other sbatch option, e.g. {exclude: node7}
+
+    def check(self, key: str) -> None:
+        check_choice(f"{key}.executor", self.executor, ["inline", "local", "slurm"])
+        for name in ("parallel", "timeout_min", "nodes", "cpus_per_task", "mem_gb", "array_parallelism"):
+            check_positive(f"{key}.{name}", getattr(self, name))
+        check_positive(f"{key}.gpus_per_node", self.gpus_per_node, allow_zero=True)
+        check_positive(f"{key}.max_requeue", self.max_requeue, allow_zero=True)
+
+
+@dataclass
 class RunConfig:
     preset: str = "tiny"
     seed: int = 0
@@ -136,6 +166,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
 
     def check(self, key: str = "") -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -152,6 +183,7 @@ def schema() -> DictConfig:
     full = make_dataclass("FullConfig", extra, bases=(RunConfig,))
     cfg = OmegaConf.structured(full)
     OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_struct(cfg.jobs.sbatch, False)   # free-form sbatch options
     return cfg
 
 
@@ -183,11 +215,27 @@ def _explain(err: OmegaConfBaseException, base: DictConfig) -> ConfigError:
     return ConfigError(f"bad value for config key '{key}': {msg}")
 
 
-def load_config(preset: str = "tiny", overrides: list[str] | None = None) -> DictConfig:
-    """Schema <- preset <- overrides, validated. Raises ConfigError naming the bad key."""
+CLUSTER_DIR = Path(__file__).resolve().parent.parent / "jobs" / "clusters"
+
+
+def cluster_path(cluster: str) -> Path:
+    """A cluster preset: a name in jobs/clusters/ or a path to a YAML file."""
+    path = Path(cluster) if cluster.endswith((".yaml", ".yml")) else CLUSTER_DIR / f"{cluster}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in CLUSTER_DIR.glob("*.yaml"))
+        raise ConfigError(f"cluster={cluster!r} is unknown; choose one of: {', '.join(available)}, or give a "
+                          "path to a YAML file with a `jobs:` section")
+    return path
+
+
+def load_config(preset: str = "tiny", overrides: list[str] | None = None, cluster: str | None = None) -> DictConfig:
+    """Schema <- preset <- cluster preset <- overrides, validated. Raises ConfigError naming
+    the bad key."""
     base = schema()
     try:
         cfg = OmegaConf.merge(base, OmegaConf.load(preset_path(preset)))
+        if cluster:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(cluster_path(cluster)))
         cfg.preset = preset
         for item in overrides or []:
             if "=" not in item:

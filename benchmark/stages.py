@@ -3,7 +3,9 @@
     tokenizer (train or load) -> latents (encode the training set once) -> train -> evaluate
 
 A finished stage is found by its hash and skipped; an interrupted training resumes from its
-last checkpoint. Stages know nothing of how they are scheduled (see jobs/).
+last checkpoint. Stages know nothing of how they are scheduled (see jobs/). Under
+torch.distributed every rank runs the stage: training splits each batch, sampling splits the
+image indices, and rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -22,15 +24,18 @@ from benchmark import results
 from benchmark.config import ConfigError, TrainConfig, config_hash, section
 from benchmark.metrics import classifier as clf
 from benchmark.trainer import Trainer
+from jobs import distributed
 from methods.base import Method, NotSupportedByDesign, TokenSpec
 from methods.registry import DATASETS, METHODS, TOKENIZERS, lookup
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
+    if name == "cuda" and distributed.is_distributed():   # one GPU per task
+        return torch.device("cuda", distributed.local_rank())
     return torch.device(name)
 
 
@@ -88,7 +93,7 @@ def train_tokenizer(cfg: DictConfig, method: str) -> Path:
 
         def batch_loss(step: int, g: torch.Generator) -> torch.Tensor:
             idx = np.arange(step * tcfg.batch_size, (step + 1) * tcfg.batch_size) % len(data)
-            return tok.loss(data.render(idx)[0].to(device), g)
+            return tok.loss(data.render(distributed.shard(idx))[0].to(device), g)
 
         Trainer(tok, batch_loss, train_cfg, out / "train", seed=0, device=device, desc=f"tokenizer {name}").fit()
     tok.eval()
@@ -96,12 +101,16 @@ def train_tokenizer(cfg: DictConfig, method: str) -> Path:
         with torch.no_grad():
             lat = tok.encode(data.render(np.arange(min(1024, len(data))))[0].to(device))
         tok.scaling_factor.fill_(1.0 / lat.float().std().item() * float(tok.scaling_factor))
+    if not distributed.is_main():
+        distributed.barrier()
+        return out
     metrics = tokenizer_metrics(tok, cfg, device)
     atomic_save_file(tok.state_dict(), out / "tokenizer.safetensors")
     scaling = {"scaling_factor": float(tok.scaling_factor)} if hasattr(tok, "scaling_factor") else {}
     (out / "tokenizer.json").write_text(json.dumps({"name": name, "kind": tok.kind, "config": OmegaConf.to_container(cfg[name]),
                                                     **scaling,
                                                     "seconds": time.time() - start, **metrics}, indent=2))
+    distributed.barrier()
     return out
 
 
@@ -138,6 +147,9 @@ def encode_latents(cfg: DictConfig, method: str) -> Path:
     path = Path(cfg.paths.cache) / "latents" / f"{key}.safetensors"
     if path.exists():
         return path
+    if not distributed.is_main():
+        distributed.barrier()
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     tok, data = load_tokenizer(cfg, method, device), build_dataset(cfg)
@@ -147,6 +159,7 @@ def encode_latents(cfg: DictConfig, method: str) -> Path:
         encoded.append(tok.to_cache(x.to(device)).cpu())
         labels.append(y)
     atomic_save_file({"encoded": torch.cat(encoded), "labels": torch.cat(labels)}, path)
+    distributed.barrier()
     return path
 
 
@@ -182,7 +195,8 @@ def train_method(cfg: DictConfig, method: str) -> Path:
     if (out / "ema.safetensors").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml")
+    if distributed.is_main():
+        OmegaConf.save(cfg, out / "config.yaml")
     device = resolve_device(cfg.device)
     tok = load_tokenizer(cfg, method, device)
     cache = load_weights(encode_latents(cfg, method))
@@ -197,19 +211,24 @@ def train_method(cfg: DictConfig, method: str) -> Path:
         per_epoch = n // train_cfg.batch_size
         epoch, i = divmod(step, per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
-        idx = perm[i * train_cfg.batch_size:(i + 1) * train_cfg.batch_size]
+        idx = distributed.shard(perm[i * train_cfg.batch_size:(i + 1) * train_cfg.batch_size])
         inputs = tok.from_cache(encoded[idx], g)  # KL: a fresh posterior sample (as MAR/FlowAR); VQ: the tokens
         return model.loss(inputs, labels[idx], g)
 
     start = time.time()
     history = Trainer(model, batch_loss, train_cfg, out, seed=cfg.seed, device=device, desc=f"train {method}").fit()
+    if not distributed.is_main():
+        distributed.barrier()
+        return out
     state = torch.load(out / "checkpoint-last.pt", map_location="cpu", weights_only=True)
     prefix = "model."
     net = lambda sd: {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     atomic_save_file(net(state["model"]), out / "model.safetensors")
     atomic_save_file(net(state["ema"]), out / "ema.safetensors")
-    (out / "train.json").write_text(json.dumps({"seconds": time.time() - start, "history": history}))
+    (out / "train.json").write_text(json.dumps({"seconds": time.time() - start, "history": history,
+                                                "processes": distributed.world_size()}))
     results.save_loss_curve([s for s, _ in history], [l for _, l in history], out / "loss.png")
+    distributed.barrier()
     return out
 
 
@@ -237,13 +256,15 @@ def generate_batch(model: Method, tok, labels: torch.Tensor, indices, seed: int,
 def generate_images(model: Method, tok, labels: torch.Tensor, seed: int, batch_size: int,
                     device: torch.device, desc: str = "sample", **settings) -> tuple[torch.Tensor, float]:
     """Images in [-1, 1] for ``labels`` (image i seeded by its index) and the sampling
-    throughput in images/s (tokens + decoding; the first batch is a warm-up, not timed)."""
+    throughput in images/s (tokens + decoding; the first batch is a warm-up, not timed).
+    Distributed: each rank draws a contiguous part of the indices; all get every image."""
     from tqdm.auto import tqdm
     model.eval()
     out, timed, seconds = [], 0, 0.0
-    starts = range(0, len(labels), batch_size)
-    for b, start in enumerate(tqdm(starts, desc=desc, dynamic_ncols=True)):
-        idx = range(start, min(start + batch_size, len(labels)))
+    mine = distributed.shard(range(len(labels)), total=len(labels))
+    starts = range(mine.start, mine.stop, batch_size)
+    for b, start in enumerate(tqdm(starts, desc=desc, dynamic_ncols=True, disable=not distributed.is_main())):
+        idx = range(start, min(start + batch_size, mine.stop))
         t0 = time.perf_counter()
         images = generate_batch(model, tok, labels[start:idx.stop], idx, seed, device, **settings)
         if device.type == "cuda":
@@ -251,7 +272,8 @@ def generate_images(model: Method, tok, labels: torch.Tensor, seed: int, batch_s
         if b > 0 or len(starts) == 1:
             timed, seconds = timed + len(idx), seconds + time.perf_counter() - t0
         out.append(images.cpu())
-    return torch.cat(out), timed / max(seconds, 1e-9)
+    mine_images = torch.cat(out) if out else torch.empty(0)
+    return distributed.gather_cat(mine_images), timed / max(seconds, 1e-9)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -294,8 +316,8 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
         record.update(note=f"not supported by design: {err}", scales=None)
         return write_records(cfg, method, out, record)
     train_set = build_dataset(cfg, resolution=resolution)
-    classifier = clf.load_or_train_classifier(train_set, Path(cfg.paths.cache) / "classifiers",
-                                              steps=ev.classifier_steps).to(device)
+    classifier = distributed.main_first(lambda: clf.load_or_train_classifier(
+        train_set, Path(cfg.paths.cache) / "classifiers", steps=ev.classifier_steps)).to(device)
 
     # Reference: real held-out images, and what the tokenizer makes of them (the ceiling).
     real, real_labels = build_dataset(cfg, "reference", resolution=resolution).render(np.arange(ev.reference_size))
@@ -322,6 +344,9 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
         floor = score(classifier, floor_images, labels, real_feats)
         reference.update({f"untrained_{k}": v for k, v in floor.items()})
 
+    if not distributed.is_main():   # every rank has every image; rank 0 writes
+        return write_records(cfg, method, out, make_record(cfg, method, metrics, reference, sample_s, model, settings,
+                                                           resolution))
     grid = results.save_sample_grid(images, labels, list(train_set.class_names), out / f"samples-{evaluation_key(cfg, method)}.png",
                                     per_class=ev.grid_per_class)
     shared_grid = Path(cfg.paths.results) / "grids" / f"{cfg.preset}_{method}_{evaluation_key(cfg, method)}_seed{cfg.seed}.png"
@@ -331,10 +356,20 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
     return write_records(cfg, method, out, record)
 
 
+def record_path(cfg: DictConfig, method: str, key: str | None = None) -> Path:
+    """Where the leaderboard's record of this evaluation lives."""
+    key = key or evaluation_key(cfg, method)
+    return Path(cfg.paths.results) / "records" / f"{cfg.preset}_{method}_{key}_seed{cfg.seed}.json"
+
+
 def write_records(cfg: DictConfig, method: str, out: Path, record: dict) -> Path:
-    """The record in the run directory and in results/records (the leaderboard's source)."""
-    results.write_record(out / f"record-{record['config_hash']}.json", record)
-    return results.write_record(Path(cfg.paths.results) / "records" / f"{cfg.preset}_{method}_{record['config_hash']}_seed{cfg.seed}.json", record)
+    """The record in the run directory and in results/records (the leaderboard's source); its
+    path. Under torch.distributed only rank 0 writes."""
+    path = record_path(cfg, method, record["config_hash"])
+    if distributed.is_main():
+        results.write_record(out / f"record-{record['config_hash']}.json", record)
+        results.write_record(path, record)
+    return path
 
 
 def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sample_s: float, model: Method,
@@ -357,7 +392,8 @@ def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sa
                      "samples_per_class": cfg.eval.samples_per_class, "reference": f"shapes/reference[0:{cfg.eval.reference_size}]",
                      "quantization": "round((x+1)*127.5) to uint8", "seed_scheme": "per global image index",
                      "sampler": model.sampler_settings(**(settings or {})), "throughput_batch_size": cfg.eval.batch_size,
-                     "device": str(resolve_device(cfg.device)), "threads": torch.get_num_threads()},
+                     "device": str(resolve_device(cfg.device)), "threads": torch.get_num_threads(),
+                     "processes": distributed.world_size()},
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "torch_fidelity": torch_fidelity.__version__, "python": platform.python_version()},
         "config": OmegaConf.to_container(cfg, resolve=True),

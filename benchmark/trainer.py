@@ -1,16 +1,27 @@
 """A method-agnostic training loop: AdamW, warm-up then cosine, EMA, gradient clipping,
 bf16 autocast on CUDA, atomic checkpoints, exact resume and a guard against non-finite losses.
+Under torch.distributed (jobs/distributed.py) the model is wrapped in DDP and each rank's
+``batch_loss`` takes its shard of the global batch.
 
 Every step is a pure function of (seed, step): its batch comes from ``batch_loss(step,
 generator)`` and its randomness (noise, times, dropout, label drop) from generators seeded by
 the step. A resumed run therefore continues the very same loss curve.
+
+Preemption: SIGUSR1/SIGUSR2 (Slurm's warning before a time limit or preemption; submitit's
+requeue signal), SIGTERM and SIGINT are held until the current step ends; the trainer then
+saves a checkpoint at that step and hands the signal on (to submitit, which requeues the job,
+or to Python's default). Nothing between two checkpoints is lost.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -19,12 +30,27 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.config import TrainConfig
+from jobs import distributed
 
 CHECKPOINT = "checkpoint-last.pt"
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+HELD_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+
+class _Objective(nn.Module):
+    """The model with its loss as ``forward``, so that DDP sees the call it synchronises on."""
+
+    def __init__(self, model: nn.Module, batch_loss: Callable[[int, torch.Generator], torch.Tensor]):
+        super().__init__()
+        self.model, self.batch_loss = model, batch_loss
+
+    def forward(self, step: int, generator: torch.Generator) -> torch.Tensor:
+        return self.batch_loss(step, generator)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -72,6 +98,10 @@ class Trainer:
                                            betas=(cfg.beta1, cfg.beta2))
         self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.step, self.history = 0, []
+        self.window = [0.0, 0]   # loss sum and count since the last logged entry (kept across a resume)
+        self.objective: nn.Module = _Objective(model, batch_loss)
+        self.held: int | None = None        # a signal received during a step, handled after it
+        self.signalled, self.previous = False, {}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -82,9 +112,11 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use)
 
     def save(self) -> None:
+        if not distributed.is_main():   # ranks hold the same weights; one writes
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_save({"model": self.model.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
-                     "step": self.step, "history": self.history}, self.checkpoint_path)
+                     "step": self.step, "history": self.history, "window": self.window}, self.checkpoint_path)
 
     def resume(self) -> bool:
         """Load the last checkpoint if there is one; True if training resumes from it."""
@@ -99,6 +131,9 @@ class Trainer:
         self.ema = state["ema"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.history = state["step"], state["history"]
+        self.window = list(state.get("window", [0.0, 0]))
+        if distributed.is_main():
+            print(f"{self.desc}: resumed from step {self.step} ({self.checkpoint_path})", file=sys.stderr, flush=True)
         return True
 
     @torch.no_grad()
@@ -114,16 +149,20 @@ class Trainer:
                 self.ema[k].copy_(v)
 
     def train_step(self) -> float:
-        torch.manual_seed(step_seed(self.seed, self.step))  # dropout / label drop
-        generator = torch.Generator(self.device).manual_seed(step_seed(self.seed, self.step) + 1)
+        # Ranks draw their own streams (rank 0's is the single-process one).
+        seed = step_seed(self.seed, self.step) + 7919 * distributed.rank()
+        torch.manual_seed(seed)  # dropout / label drop
+        generator = torch.Generator(self.device).manual_seed(seed + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.cfg)
         with self.autocast():
-            loss = self.batch_loss(self.step, generator)
-        if not torch.isfinite(loss):
+            loss = self.objective(self.step, generator)
+        # One collective per step: the global-batch loss, and whether any rank holds a signal.
+        mean_loss, self.signalled = self.reduce(loss.item(), self.held is not None)
+        if not math.isfinite(mean_loss):
             kept = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() \
                 else "no checkpoint was written yet"
-            raise NonFiniteLossError(f"{self.desc}: loss is {loss.item()} at step {self.step}; training stopped and "
+            raise NonFiniteLossError(f"{self.desc}: loss is {mean_loss} at step {self.step}; training stopped and "
                                      f"{kept}. Lower train.lr or check the data.")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -132,27 +171,87 @@ class Trainer:
         self.optimizer.step()
         self.update_ema()
         self.step += 1
-        return loss.item()
+        return mean_loss
+
+    @staticmethod
+    def reduce(loss: float, signalled: bool) -> tuple[float, bool]:
+        if not distributed.is_distributed():
+            return loss, signalled
+        both = torch.tensor([loss, float(signalled)], dtype=torch.float64, device=distributed._collective_device())
+        torch.distributed.all_reduce(both)
+        return float(both[0]) / distributed.world_size(), bool(both[1] > 0)
+
+    @contextmanager
+    def holding_signals(self):
+        """Hold preemption / interrupt signals until the end of a step (see the module doc)."""
+        if threading.current_thread() is not threading.main_thread():   # signals go to the main thread
+            yield
+            return
+        self.previous = {sig: signal.getsignal(sig) for sig in HELD_SIGNALS}
+        for sig in HELD_SIGNALS:
+            signal.signal(sig, self.hold)
+        try:
+            yield
+        finally:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def hold(self, signum: int, frame) -> None:
+        if self.held is not None:   # asked twice: act now
+            self.deliver(signum)
+        self.held = signum
+
+    def deliver(self, signum: int) -> None:
+        """What would have happened without holding: the previous handler (submitit's requeue,
+        Python's KeyboardInterrupt) or the default action. Returns if that ignores the signal."""
+        handler = self.previous.get(signum, signal.SIG_DFL)
+        if callable(handler):
+            handler(signum, None)
+        elif handler in (signal.SIG_DFL, None):
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            signal.signal(signum, self.hold)
+
+    def on_signal(self) -> None:
+        """A signal arrived during the step that just ended (here or on another rank):
+        checkpoint at this step, then hand the signal on."""
+        self.save()
+        distributed.barrier()
+        signum, self.held = self.held, None
+        if signum is None:   # only another rank was signalled: it decides
+            return
+        print(f"{self.desc}: {signal.Signals(signum).name} received; checkpoint saved at step {self.step}",
+              file=sys.stderr, flush=True)
+        self.deliver(signum)
 
     def fit(self) -> list[tuple[int, float]]:
         """Train to cfg.steps (resuming if a checkpoint exists); returns the loss history."""
         self.model.train()
         self.resume()
-        running, count, start = 0.0, 0, time.time()
+        if distributed.is_distributed():   # gradients averaged over ranks; rank 0's weights broadcast
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.objective = nn.parallel.DistributedDataParallel(_Objective(self.model, self.batch_loss), device_ids=ids)
+        start = time.time()
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.desc, dynamic_ncols=True,
-                   disable=os.environ.get("SCALEWISE_PROGRESS", "1") == "0")
-        while self.step < self.cfg.steps:
-            running += self.train_step()
-            count += 1
-            bar.update(1)
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                self.history.append((self.step, running / count))
-                bar.set_postfix(loss=f"{running / count:.4f}", lr=f"{lr_at(self.step - 1, self.cfg):.2e}")
-                running, count = 0.0, 0
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
-                self.save()
-        bar.close()
-        self.save()
-        (self.run_dir / "history.json").write_text(json.dumps({"history": self.history,
-                                                               "seconds_this_session": time.time() - start}))
+                   disable=os.environ.get("SCALEWISE_PROGRESS", "1") == "0" or not distributed.is_main())
+        with self.holding_signals():
+            while self.step < self.cfg.steps:
+                loss = self.train_step()
+                self.window = [self.window[0] + loss, self.window[1] + 1]
+                bar.update(1)
+                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                    mean = self.window[0] / self.window[1]
+                    self.history.append((self.step, mean))
+                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr_at(self.step - 1, self.cfg):.2e}")
+                    self.window = [0.0, 0]
+                if self.signalled:
+                    self.on_signal()
+                elif self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                    self.save()
+            bar.close()
+            self.save()
+        if distributed.is_main():
+            (self.run_dir / "history.json").write_text(json.dumps({"history": self.history,
+                                                                   "seconds_this_session": time.time() - start}))
+        distributed.barrier()
         return self.history

@@ -71,3 +71,38 @@ def test_ema_tracks_weights(tmp_path):
     trainer.fit()
     ema, raw = trainer.ema["0.weight"], model.state_dict()["0.weight"]
     assert not torch.equal(ema, raw) and (ema - raw).abs().max() < 1.0
+
+
+class Preempted(Exception):
+    pass
+
+
+def test_signal_mid_step_checkpoints_at_that_step_then_resumes(tmp_path):
+    """Slurm's warning signal (here SIGUSR1 with a handler standing in for submitit's requeue)
+    arrives mid-step: the step finishes, a checkpoint is written at it, the handler runs; the
+    resumed run ends exactly where an uninterrupted one does."""
+    import signal
+    model, loss = regression()
+    straight = Trainer(model, loss, CFG, tmp_path / "a").fit()
+
+    def requeue(signum, frame):
+        raise Preempted
+
+    def signalled_at_step_4(step, g):
+        if step == 4:
+            signal.raise_signal(signal.SIGUSR1)   # delivered now, held by the trainer
+        return loss(step, g)
+
+    model, loss = regression()
+    previous = signal.signal(signal.SIGUSR1, requeue)
+    try:
+        with pytest.raises(Preempted):
+            Trainer(model, signalled_at_step_4, CFG, tmp_path / "b").fit()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    # Saved after step 4 finished (5 steps done), not at the periodic checkpoint (step 3).
+    assert torch.load(tmp_path / "b" / "checkpoint-last.pt", weights_only=True)["step"] == 5
+    assert signal.getsignal(signal.SIGUSR1) is previous
+    model, loss = regression(seed=7)
+    resumed = Trainer(model, loss, CFG, tmp_path / "b").fit()
+    assert [l for _, l in resumed] == pytest.approx([l for _, l in straight], rel=1e-6)

@@ -1,0 +1,244 @@
+"""Running a sweep's groups (jobs/sweep.py) in this process, as local subprocesses or as
+Slurm job arrays, all through submitit; watching them (``status``) and the sweep's record.
+
+A sweep folder holds ``sweep.json`` (what was submitted: every job's name, id and group)
+and submitit's logs and pickles under ``logs/``. ``status`` and ``collect`` work from it
+alone, from any process.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import submitit
+from omegaconf import DictConfig
+
+from benchmark.results import _atomic_write_text
+from jobs.sweep import Collect, Group
+
+FINISHED, FAILED, LOST = "COMPLETED", "FAILED", "LOST"
+ENDED = {FINISHED, FAILED, LOST, "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+         "DEADLINE", "SKIPPED"}
+
+
+def sweep_folder(cfg: DictConfig) -> Path:
+    root = Path(cfg.jobs.folder or Path(cfg.paths.runs) / "sweeps").resolve()
+    return root / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+
+
+# -- slurm ----------------------------------------------------------------------------
+def slurm_parameters(jobs_cfg, gpus: bool = True) -> dict:
+    """submitit SlurmExecutor parameters from the ``jobs`` config section."""
+    tasks = max(jobs_cfg.gpus_per_node, 1) if gpus else 1
+    params = {"time": jobs_cfg.timeout_min, "nodes": jobs_cfg.nodes if gpus else 1, "ntasks_per_node": tasks,
+              "cpus_per_task": jobs_cfg.cpus_per_task, "mem": f"{int(jobs_cfg.mem_gb * 1024)}MB",
+              "array_parallelism": jobs_cfg.array_parallelism, "setup": list(jobs_cfg.setup),
+              "partition": jobs_cfg.partition, "account": jobs_cfg.account, "qos": jobs_cfg.qos,
+              "constraint": jobs_cfg.constraint,
+              "additional_parameters": {"kill-on-invalid-dep": "yes", **dict(jobs_cfg.sbatch)}}
+    if gpus and jobs_cfg.gpus_per_node:
+        params["gpus_per_node"] = jobs_cfg.gpus_per_node
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def dependency(groups: list[Group], index: int, ids: dict[str, str]) -> str | None:
+    """Train waits for all of prepare (afterok); evaluate task i for train task i (aftercorr)."""
+    if index == 0:
+        return None
+    before, group = groups[index - 1], groups[index]
+    kind = "aftercorr" if (before.name, group.name) == ("train", "evaluate") else "afterok"
+    return f"{kind}:{ids[before.name]}"
+
+
+def submit_slurm(groups: list[Group], cfg: DictConfig, folder: Path) -> dict:
+    """Each group as one job array waiting for the one before; then a collect job."""
+    executor = submitit.SlurmExecutor(folder=folder / "logs" / "%j", max_num_timeout=cfg.jobs.max_requeue)
+    ids, record = {}, {"groups": []}
+    for i, group in enumerate(groups):
+        executor.update_parameters(job_name=f"scalewise-{group.name}", dependency=dependency(groups, i, ids),
+                                   **slurm_parameters(cfg.jobs))
+        with executor.batch():
+            submitted = [executor.submit(job) for job in group.jobs]
+        ids[group.name] = submitted[0].job_id.split("_")[0]
+        record["groups"].append(group_record(group, submitted))
+    executor.update_parameters(job_name="scalewise-collect", dependency=f"afterany:{ids[groups[-1].name]}",
+                               **slurm_parameters(cfg.jobs, gpus=False))
+    collector = executor.submit(Collect(str(Path(cfg.paths.results).resolve())))
+    record["collect"] = {"name": "leaderboard", "job_id": collector.job_id, "stderr": str(collector.paths.stderr),
+                         "result": str(collector.paths.result_pickle)}
+    return record
+
+
+def dry_run(groups: list[Group], cfg: DictConfig) -> str:
+    """What `--executor slurm` would submit, with the sbatch headers submitit would write."""
+    from submitit.slurm.slurm import _make_sbatch_string
+    lines, ids = [], {g.name: f"<{g.name} array id>" for g in groups}
+    folder = sweep_folder(cfg) / "logs" / "%j"
+    for i, group in enumerate(groups):
+        params = slurm_parameters(cfg.jobs)
+        header = _make_sbatch_string(command="python -u -m submitit.core._submit ...", folder=folder,
+                                     job_name=f"scalewise-{group.name}", map_count=len(group.jobs),
+                                     dependency=dependency(groups, i, ids), **params)
+        lines.append(f"== {group.name}: array of {len(group.jobs)} job(s), "
+                     f"{params['nodes']} node(s) x {params['ntasks_per_node']} task(s) each")
+        lines += [f"   [{k}] {job.name}: stages {', '.join(job.stages)}" for k, job in enumerate(group.jobs)]
+        lines += ["   " + h for h in header.splitlines() if h.startswith("#SBATCH")]
+    lines.append(f"== collect: 1 job after the last array ends (afterany), rebuilds {cfg.paths.results}/leaderboard.csv")
+    return "\n".join(lines)
+
+
+# -- local / inline -------------------------------------------------------------------
+def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print) -> dict:
+    """Groups in order; within a group up to ``jobs.parallel`` subprocesses at once. A job
+    whose dependency failed is skipped (and says so)."""
+    executor = submitit.LocalExecutor(folder=folder / "logs" / "%j", max_num_timeout=cfg.jobs.max_requeue)
+    executor.update_parameters(timeout_min=cfg.jobs.timeout_min)
+    record, failed = {"groups": []}, set()
+    for group in groups:
+        submitted = []
+        runnable = [j for j in group.jobs if j.needs not in failed]
+        for job in group.jobs:
+            if job.needs in failed:
+                failed.add(job.name)
+                log(f"[{job.name}] skipped: {job.needs} failed")
+        pending = list(runnable)
+        running = []
+        while pending or running:
+            while pending and len(running) < cfg.jobs.parallel:
+                job = pending.pop(0)
+                running.append((job, executor.submit(job)))
+                submitted.append(running[-1])
+            follow = running[0][1] if cfg.jobs.parallel == 1 else None
+            time.sleep(0.5)
+            if follow is not None:
+                _follow(follow)
+            for job, handle in list(running):
+                if handle.done():
+                    if follow is handle:
+                        _follow(handle)
+                    running.remove((job, handle))
+                    state, detail = job_state({"result": str(handle.paths.result_pickle),
+                                               "stderr": str(handle.paths.stderr)}, "local")
+                    if state != FINISHED:
+                        failed.add(job.name)
+                        log(f"[{job.name}] FAILED: {detail}\n  log: {handle.paths.stderr}")
+        record["groups"].append(group_record(group, [h for _, h in submitted],
+                                             skipped=[j.name for j in group.jobs if j not in runnable]))
+    return record
+
+
+_offsets: dict[Path, int] = {}
+
+
+def _follow(handle) -> None:
+    """Copy what a local job has written since the last call to this terminal."""
+    for path, stream in ((handle.paths.stdout, sys.stdout), (handle.paths.stderr, sys.stderr)):
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(_offsets.get(path, 0))
+                data = f.read()
+            _offsets[path] = _offsets.get(path, 0) + len(data)
+            text = data.decode(errors="replace")
+            stream.write("".join(line for line in text.splitlines(keepends=True) if not line.startswith("submitit ")))
+            stream.flush()
+
+
+def run_inline(groups: list[Group]) -> dict:
+    """Every job in this process, in order (for debugging: errors raise here)."""
+    outputs = [job() for group in groups for job in group.jobs]
+    return {"groups": [], "outputs": outputs}
+
+
+# -- the sweep's record, status --------------------------------------------------------
+def group_record(group: Group, submitted: list, skipped: list[str] = ()) -> dict:
+    jobs = [{"name": job.name, "job_id": handle.job_id, "method": job.method, "seed": int(job.cfg.seed),
+             "preset": job.cfg.preset, "stages": list(job.stages), "stdout": str(handle.paths.stdout),
+             "stderr": str(handle.paths.stderr), "result": str(handle.paths.result_pickle)}
+            for job, handle in zip(group.jobs if not skipped else [j for j in group.jobs if j.name not in skipped],
+                                   submitted)]
+    return {"name": group.name, "array_id": submitted[0].job_id.split("_")[0] if submitted else None,
+            "jobs": jobs, "skipped": list(skipped)}
+
+
+def write_sweep(folder: Path, cfg: DictConfig, executor: str, record: dict, argv: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"created": datetime.now(timezone.utc).isoformat(), "executor": executor, "command": argv,
+              "results": str(Path(cfg.paths.results).resolve()), **record}
+    return _atomic_write_text(folder / "sweep.json", json.dumps(record, indent=2))
+
+
+def find_sweep(run: str | None, cfg_runs: str = "runs") -> Path:
+    """A sweep folder from a path, a folder name under runs/sweeps, or the newest one."""
+    root = Path(cfg_runs) / "sweeps"
+    if run:
+        for candidate in (Path(run), root / run):
+            if (candidate / "sweep.json").exists():
+                return candidate
+        raise FileNotFoundError(f"no sweep.json in {run!r} or {root / run}; pass the sweep folder that "
+                                "`run` printed (or nothing, for the newest under runs/sweeps)")
+    found = sorted(root.glob("*/sweep.json"))
+    if not found:
+        raise FileNotFoundError(f"no sweeps under {root}; start one with `python -m benchmark run ...`")
+    return found[-1].parent
+
+
+def job_state(job: dict, executor: str) -> tuple[str, str]:
+    """(state, detail) of one job from its files, and from squeue while Slurm holds it."""
+    result = Path(job["result"])
+    if result.exists():
+        try:
+            with open(result, "rb") as f:
+                outcome, value = pickle.load(f)
+        except Exception as err:   # written by submitit in our own folder; unreadable means half-written
+            return FAILED, f"unreadable result file {result}: {err}"
+        # A failure's value is the traceback: its last line names the error.
+        return (FINISHED, str(value)) if outcome == "success" else (FAILED, str(value).strip().splitlines()[-1])
+    if executor == "slurm":
+        out = subprocess.run(["squeue", "-h", "-j", job["job_id"], "-o", "%T|%r"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            state, reason = out.stdout.strip().splitlines()[0].split("|", 1)
+            return state, "" if reason in ("None", "") else reason
+        return LOST, f"not in the queue and no result; see {job['stderr']}"
+    return ("RUNNING", "") if Path(job["stderr"]).exists() else ("PENDING", "")
+
+
+def status(folder: Path) -> list[dict]:
+    sweep = json.loads((folder / "sweep.json").read_text())
+    rows = []
+    for group in sweep["groups"]:
+        for job in group["jobs"]:
+            state, detail = job_state(job, sweep["executor"])
+            rows.append({"group": group["name"], "job": job["name"], "id": job["job_id"], "state": state,
+                         "detail": detail})
+        rows += [{"group": group["name"], "job": name, "id": "-", "state": "SKIPPED", "detail": "a dependency failed"}
+                 for name in group.get("skipped", [])]
+    if "collect" in sweep:
+        state, detail = job_state(sweep["collect"], sweep["executor"])
+        rows.append({"group": "collect", "job": "leaderboard", "id": sweep["collect"]["job_id"], "state": state,
+                     "detail": detail})
+    return rows
+
+
+def wait(folder: Path, poll_s: float = 5.0, log=print) -> list[dict]:
+    """Poll ``status`` until every job has ended; prints each change of state."""
+    seen: dict[str, str] = {}
+    while True:
+        rows = status(folder)
+        for row in rows:
+            if seen.get(row["job"]) != row["state"]:
+                seen[row["job"]] = row["state"]
+                log(f"[{row['job']}] {row['state']}" + (f": {row['detail']}" if row["detail"] else ""))
+        if all(r["state"] in ENDED for r in rows):
+            return rows
+        time.sleep(poll_s)
+
+
+def format_status(rows: list[dict]) -> str:
+    import pandas as pd
+    return pd.DataFrame(rows).to_string(index=False) if rows else "(no jobs)"
+

@@ -1,0 +1,91 @@
+"""The job model without a cluster: the sweep plan, the dry run, the local executor's failure
+handling, and records written by many processes at once."""
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark import results
+from benchmark.cli import main
+from benchmark.config import ConfigError, load_config
+from jobs import executors
+from jobs.sweep import plan
+
+
+def test_plan_shares_tokenizers_and_chains_jobs():
+    cfg = load_config("smoke")
+    groups = plan([cfg], ["var", "flowar", "flexvar"], [0, 1])
+    assert [g.name for g in groups] == ["prepare", "train", "evaluate"]
+    prepare, train, evaluate = groups
+    assert len(prepare.jobs) == 3 and len(train.jobs) == len(evaluate.jobs) == 6   # one tokenizer per method
+    assert all(Path(j.cfg.paths.runs).is_absolute() for g in groups for j in g.jobs)   # runs anywhere
+    for t, e in zip(train.jobs, evaluate.jobs):    # evaluate i waits for train i
+        assert e.needs == t.name and (t.method, t.cfg.seed) == (e.method, e.cfg.seed)
+    assert [j.cfg.seed for j in train.jobs] == [0, 1] * 3
+    assert executors.dependency(groups, 1, {"prepare": "11"}) == "afterok:11"
+    assert executors.dependency(groups, 2, {"train": "12"}) == "aftercorr:12"
+    only_train = plan([cfg], ["var"], None, ("train",))
+    assert [g.name for g in only_train] == ["train"] and only_train[0].jobs[0].needs is None
+
+
+def test_dry_run_prints_arrays_and_sbatch_resources(capsys, tmp_path):
+    assert main(["run", "--methods", "var", "flowar", "--seeds", "0", "1", "--preset", "smoke", "--cluster",
+                 "gpu-example", "--dry-run", f"paths.runs={tmp_path}", "jobs.account=proj1"]) == 0
+    out = capsys.readouterr().out
+    assert "== train: array of 4 job(s), 1 node(s) x 8 task(s) each" in out
+    for line in ("#SBATCH --array=0-3%4", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8",
+                 "#SBATCH --account=proj1", "#SBATCH --partition=gpu", "#SBATCH --signal=USR2@90"):
+        assert line in out
+    assert not (tmp_path / "sweeps").exists()   # nothing submitted, nothing written
+
+
+def test_bad_cluster_and_seeds_are_named(capsys):
+    with pytest.raises(ConfigError, match="cluster='nope' is unknown; choose one of: .*one-node"):
+        load_config("smoke", [], "nope")
+    assert main(["run", "--methods", "var", "--seeds", "0", "x1", "--preset", "smoke", "--dry-run"]) == 2
+    assert "--seeds x1: seeds are integers" in capsys.readouterr().err
+
+
+def test_local_executor_reports_a_failed_job_and_skips_what_needs_it(tmp_path, capsys):
+    """VAR's tokenizer training diverges (the loss is not finite); VAR's training and evaluation
+    are skipped, and FlowAR, which shares nothing with it, finishes."""
+    args = ["run", "--methods", "var", "flowar", "--preset", "smoke", "--executor", "local",
+            f"paths.runs={tmp_path}/runs", f"paths.cache={tmp_path}/cache", f"paths.results={tmp_path}/results",
+            "msvq.lr=1e30"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "[smoke/var/seed0/prepare] FAILED" in captured.out and "loss is" in captured.out
+    assert "[smoke/var/seed0/train] skipped: smoke/var/seed0/prepare failed" in captured.out
+    assert "[smoke/var/seed0/evaluate] skipped: smoke/var/seed0/train failed" in captured.out
+    sweep = executors.find_sweep(None, f"{tmp_path}/runs")
+    states = {r["job"]: r["state"] for r in executors.status(sweep)}
+    assert states == {"smoke/var/seed0/prepare": "FAILED", "smoke/flowar/seed0/prepare": "COMPLETED",
+                      "smoke/var/seed0/train": "SKIPPED", "smoke/flowar/seed0/train": "COMPLETED",
+                      "smoke/var/seed0/evaluate": "SKIPPED", "smoke/flowar/seed0/evaluate": "COMPLETED"}
+    assert pd.read_csv(tmp_path / "results" / "leaderboard.csv").method.tolist() == ["flowar"]
+    assert "3 job(s) did not finish" in captured.err
+
+
+def _write_many(args):
+    root, worker = args
+    for i in range(20):
+        record = {"method": f"m{worker}", "preset": "p", "seed": i, "config_hash": f"h{worker}", "created": "x",
+                  "metrics": {"class_consistency": worker + i / 100}}
+        results.write_record(Path(root) / f"w{worker}_{i}.json", record)
+        results.write_record(Path(root) / "shared.json", record)   # all workers race on one file too
+    return worker
+
+
+def test_concurrent_record_writers_lose_nothing(tmp_path):
+    root = tmp_path / "records"
+    with mp.get_context("spawn").Pool(8) as pool:
+        assert sorted(pool.map(_write_many, [(str(root), w) for w in range(8)])) == list(range(8))
+    (root / "half.json").write_text('{"method": "x", "metr')   # a writer killed mid-file elsewhere
+    records, skipped = results.read_records(root)
+    assert len(records) == 8 * 20 + 1   # every record, and the raced file is one whole record
+    assert [p.name for p, _ in skipped] == ["half.json"]
+    assert not list(root.glob(".*.tmp"))
+    assert set(results.records_to_frame(records).method) == {f"m{w}" for w in range(8)}
+    assert json.loads((root / "shared.json").read_text())["method"] in {f"m{w}" for w in range(8)}
