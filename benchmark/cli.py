@@ -242,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return cmd_list()
         if args.command == "run":
-            return cmd_run(args)
+            try:
+                return cmd_run(args)
+            except KeyboardInterrupt:   # training saved a checkpoint at the step it was on
+                print("\ninterrupted: finished stages and the training checkpoint are kept; run the same command "
+                      "again to resume", file=sys.stderr)
+                return 130
         if args.command == "sample":
             return cmd_sample(args)
         if args.command == "train-tokenizer":
