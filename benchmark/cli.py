@@ -138,7 +138,8 @@ def cmd_run(args) -> int:
                 return 0
         else:
             print(f"sweep: {folder}")
-            record = executors.run_local(groups, cfg, folder)
+            record = executors.run_local(groups, cfg, folder,
+                                         save=lambda r: executors.write_sweep(folder, cfg, executor, r, sys.argv))
             sweep = executors.write_sweep(folder, cfg, executor, record, sys.argv)
         rows = executors.wait(sweep.parent, poll_s=2.0 if executor == "slurm" else 0.1,
                               log=print if executor == "slurm" else (lambda *_: None))

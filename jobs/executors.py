@@ -8,6 +8,7 @@ alone, from any process.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -93,9 +94,10 @@ def dry_run(groups: list[Group], cfg: DictConfig) -> str:
 
 
 # -- local / inline -------------------------------------------------------------------
-def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print) -> dict:
-    """Groups in order; within a group up to ``jobs.parallel`` subprocesses at once. A job
-    whose dependency failed is skipped (and says so)."""
+def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print, save=lambda record: None) -> dict:
+    """Groups in order; within a group up to ``jobs.parallel`` subprocesses at once (sharing
+    the cores). A job whose dependency failed is skipped (and says so). ``save(record)`` is
+    called as jobs start and end, so that `status` sees a sweep under way."""
     executor = submitit.LocalExecutor(folder=folder / "logs" / "%j", max_num_timeout=cfg.jobs.max_requeue)
     executor.update_parameters(timeout_min=cfg.jobs.timeout_min)
     record, failed = {"groups": []}, set()
@@ -111,8 +113,11 @@ def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print) -> 
         while pending or running:
             while pending and len(running) < cfg.jobs.parallel:
                 job = pending.pop(0)
+                if cfg.jobs.parallel > 1 and not job.cfg.threads:   # don't oversubscribe the cores
+                    job.cfg.threads = max(1, (os.cpu_count() or 1) // cfg.jobs.parallel)
                 running.append((job, executor.submit(job)))
                 submitted.append(running[-1])
+                save({"groups": record["groups"] + [group_record(group, [h for _, h in submitted])]})
             follow = running[0][1] if cfg.jobs.parallel == 1 else None
             time.sleep(0.5)
             if follow is not None:
@@ -129,6 +134,7 @@ def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print) -> 
                         log(f"[{job.name}] FAILED: {detail}\n  log: {handle.paths.stderr}")
         record["groups"].append(group_record(group, [h for _, h in submitted],
                                              skipped=[j.name for j in group.jobs if j not in runnable]))
+        save(record)
     return record
 
 
@@ -156,11 +162,11 @@ def run_inline(groups: list[Group]) -> dict:
 
 # -- the sweep's record, status --------------------------------------------------------
 def group_record(group: Group, submitted: list, skipped: list[str] = ()) -> dict:
+    """The group's submitted jobs (in submission order) and the names of those skipped."""
     jobs = [{"name": job.name, "job_id": handle.job_id, "method": job.method, "seed": int(job.cfg.seed),
              "preset": job.cfg.preset, "stages": list(job.stages), "stdout": str(handle.paths.stdout),
              "stderr": str(handle.paths.stderr), "result": str(handle.paths.result_pickle)}
-            for job, handle in zip(group.jobs if not skipped else [j for j in group.jobs if j.name not in skipped],
-                                   submitted)]
+            for job, handle in zip([j for j in group.jobs if j.name not in skipped], submitted)]
     return {"name": group.name, "array_id": submitted[0].job_id.split("_")[0] if submitted else None,
             "jobs": jobs, "skipped": list(skipped)}
 
