@@ -142,6 +142,7 @@ class JobsConfig:
     constraint: Optional[str] = None
     nodes: int = 1
     gpus_per_node: int = 0
+    tasks_per_node: int = 0        # 0: one per GPU (or 1 without GPUs); >1 on CPU: gloo DDP over CPU tasks
     cpus_per_task: int = 2
     mem_gb: float = 8.0
     array_parallelism: int = 64    # array tasks running at once
@@ -153,6 +154,7 @@ class JobsConfig:
         for name in ("parallel", "timeout_min", "nodes", "cpus_per_task", "mem_gb", "array_parallelism"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_positive(f"{key}.gpus_per_node", self.gpus_per_node, allow_zero=True)
+        check_positive(f"{key}.tasks_per_node", self.tasks_per_node, allow_zero=True)
         check_positive(f"{key}.max_requeue", self.max_requeue, allow_zero=True)
 
 

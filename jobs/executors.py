@@ -35,7 +35,7 @@ def sweep_folder(cfg: DictConfig) -> Path:
 # -- slurm ----------------------------------------------------------------------------
 def slurm_parameters(jobs_cfg, gpus: bool = True) -> dict:
     """submitit SlurmExecutor parameters from the ``jobs`` config section."""
-    tasks = max(jobs_cfg.gpus_per_node, 1) if gpus else 1
+    tasks = (jobs_cfg.tasks_per_node or max(jobs_cfg.gpus_per_node, 1)) if gpus else 1
     params = {"time": jobs_cfg.timeout_min, "nodes": jobs_cfg.nodes if gpus else 1, "ntasks_per_node": tasks,
               "cpus_per_task": jobs_cfg.cpus_per_task, "mem": f"{int(jobs_cfg.mem_gb * 1024)}MB",
               "array_parallelism": jobs_cfg.array_parallelism, "setup": list(jobs_cfg.setup),

@@ -123,3 +123,22 @@ def test_preempted_training_requeues_and_ends_as_an_uninterrupted_run(slurm, tmp
     h1, h2 = (json.loads((d / "train.json").read_text())["history"] for d in (straight, run_dir))
     assert [s for s, _ in h2] == [s for s, _ in h1]
     assert [l for _, l in h2] == pytest.approx([l for _, l in h1], rel=1e-6)
+
+
+def test_two_task_job_trains_with_ddp_like_one_process(slurm, tmp_path):
+    """One Slurm job with two tasks: the ranks and the master come from submitit's job
+    environment (no torchrun), the two gloo processes split each batch, and the loss curve and
+    weights equal a single-process run's (VAR without label drop: a deterministic loss)."""
+    settings = ["--preset", "smoke", "--methods", "var", "var.cond_drop_rate=0.0", "var.drop_path_rate=0.0",
+                "threads=1", "train.steps=12", f"paths.cache={tmp_path}/cache", f"paths.results={tmp_path}/results"]
+    assert main(["run", "--executor", "inline", "--stages", "tokenizer", "latents", "train", *settings,
+                 f"paths.runs={tmp_path}/single"]) == 0
+    assert main(["run", "--cluster", "one-node", "--stages", "train", "jobs.tasks_per_node=2", *settings,
+                 f"paths.runs={tmp_path}/ddp"]) == 0
+    single, ddp = (next((tmp_path / d / "smoke").glob("var-*/seed0")) for d in ("single", "ddp"))
+    t1, t2 = (json.loads((d / "train.json").read_text()) for d in (single, ddp))
+    assert (t1["processes"], t2["processes"]) == (1, 2)
+    assert [l for _, l in t2["history"]] == pytest.approx([l for _, l in t1["history"]], rel=1e-5)
+    a, b = load_file(str(single / "ema.safetensors")), load_file(str(ddp / "ema.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
