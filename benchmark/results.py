@@ -30,8 +30,11 @@ from torchvision.utils import make_grid
 
 ID_COLUMNS = ["method", "preset", "dataset", "resolution", "scales", "seed", "config_hash"]
 SORT_COLUMNS = ["dataset", "resolution", "method", "seed"]
-MAIN_METRICS = ["class_consistency", "classifier_fd", "throughput_img_s"]
+MAIN_METRICS = ["class_consistency", "classifier_fd", "classifier_is", "classifier_kid", "classifier_precision",
+                "classifier_recall", "throughput_img_s"]
 METRIC_DIRECTION = {"class_consistency": "higher is better", "classifier_fd": "lower is better",
+                    "classifier_is": "higher is better", "classifier_kid": "lower is better",
+                    "classifier_precision": "higher is better", "classifier_recall": "higher is better",
                     "throughput_img_s": "higher is better"}
 REQUIRED_KEYS = ("method", "metrics")
 

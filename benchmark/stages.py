@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from benchmark import results
 from benchmark.config import ConfigError, TrainConfig, config_hash, section
 from benchmark.metrics import classifier as clf
+from benchmark.metrics import domain
 from benchmark.trainer import Trainer
 from methods.base import Method, NotSupportedByDesign, TokenSpec
 from methods.registry import DATASETS, METHODS, TOKENIZERS, lookup
@@ -260,15 +261,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Samples as a PNG would store them, back in [-1, 1], for scoring."""
-    return to_uint8(images).float() / 127.5 - 1
-
-
-def score(classifier, images: torch.Tensor, labels: torch.Tensor, real_features: torch.Tensor) -> dict:
-    logits, feats = clf.predict(classifier, quantize(images))
-    return {clf.KEY_CLASS_CONSISTENCY: float((logits.argmax(1) == labels).float().mean()),
-            clf.KEY_CLASSIFIER_FD: clf.frechet_distance(feats, real_features)}
+def score(classifier: Path, images: torch.Tensor, labels: torch.Tensor, reference: dict,
+          device: torch.device) -> dict:
+    """Domain metrics of samples in [-1, 1], quantised to uint8 as a PNG would store them,
+    against the reference features (``domain.extract_features`` of the real images)."""
+    features = domain.extract_features(to_uint8(images), classifier, device=device.type)
+    return domain.domain_metrics(features, reference, labels)
 
 
 def evaluate_method(cfg: DictConfig, method: str) -> Path:
@@ -294,32 +292,32 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
         record.update(note=f"not supported by design: {err}", scales=None)
         return write_records(cfg, method, out, record)
     train_set = build_dataset(cfg, resolution=resolution)
-    classifier = clf.load_or_train_classifier(train_set, Path(cfg.paths.cache) / "classifiers",
-                                              steps=ev.classifier_steps).to(device)
+    classifier = clf.classifier_weights(train_set, Path(cfg.paths.cache) / "classifiers", steps=ev.classifier_steps)
 
     # Reference: real held-out images, and what the tokenizer makes of them (the ceiling).
     real, real_labels = build_dataset(cfg, "reference", resolution=resolution).render(np.arange(ev.reference_size))
-    real_logits, real_feats = clf.predict(classifier, quantize(real))
+    real_feats = domain.extract_features(to_uint8(real), classifier, device=device.type)
     with torch.no_grad():
         recon = torch.cat([tok.decode(tok.encode(x.to(device))).clamp(-1, 1).cpu() for x in real.split(256)])
-    recon_logits, recon_feats = clf.predict(classifier, quantize(recon))
-    reference = {"classifier_acc_real": float((real_logits.argmax(1) == real_labels).float().mean()),
-                 "classifier_acc_recon": float((recon_logits.argmax(1) == real_labels).float().mean()),
-                 "classifier_fd_recon": clf.frechet_distance(recon_feats, real_feats)}
+    recon_metrics = score(classifier, recon, real_labels, real_feats, device)
+    accuracy = (real_feats[domain.LOGITS].argmax(1) == real_labels).double().mean()
+    reference = {"classifier_acc_real": float(accuracy),
+                 "classifier_acc_recon": recon_metrics[domain.KEY_CLASS_CONSISTENCY],
+                 "classifier_fd_recon": recon_metrics[domain.KEY_FD]}
 
     labels = balanced_labels(train_set.num_classes, ev.samples_per_class)
     t0 = time.time()
     images, throughput = generate_images(model, tok, labels, cfg.seed, ev.batch_size, device, f"sample {method}",
                                          **settings)
     sample_s = time.time() - t0
-    metrics = {**score(classifier, images, labels, real_feats), "throughput_img_s": throughput,
+    metrics = {**score(classifier, images, labels, real_feats, device), "throughput_img_s": throughput,
                "params_m": sum(p.numel() for p in model.network.parameters()) / 1e6}
     if ev.floor:  # the same model untrained: what "no learning" scores
         torch.manual_seed(cfg.seed)
         untrained = build_method(cfg, method, tok).to(device)
         floor_images, _ = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained",
                                           **settings)
-        floor = score(classifier, floor_images, labels, real_feats)
+        floor = score(classifier, floor_images, labels, real_feats, device)
         reference.update({f"untrained_{k}": v for k, v in floor.items()})
 
     grid = results.save_sample_grid(images, labels, list(train_set.class_names), out / f"samples-{evaluation_key(cfg, method)}.png",
@@ -327,7 +325,8 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
     shared_grid = Path(cfg.paths.results) / "grids" / f"{cfg.preset}_{method}_{evaluation_key(cfg, method)}_seed{cfg.seed}.png"
     shared_grid.parent.mkdir(parents=True, exist_ok=True)
     shared_grid.write_bytes(grid.read_bytes())
-    record = make_record(cfg, method, metrics, reference, sample_s, model, settings, resolution)
+    record = make_record(cfg, method, metrics, reference, sample_s, model, settings, resolution,
+                         domain.protocol(classifier, len(labels), len(real)))
     return write_records(cfg, method, out, record)
 
 
@@ -338,7 +337,7 @@ def write_records(cfg: DictConfig, method: str, out: Path, record: dict) -> Path
 
 
 def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sample_s: float, model: Method,
-                settings: dict | None = None, resolution: int | None = None) -> dict:
+                settings: dict | None = None, resolution: int | None = None, protocol: dict | None = None) -> dict:
     out = run_dir(cfg, method)
     tok_info = json.loads((Path(cfg.paths.cache) / "tokenizers" / tokenizer_key(cfg, method)[1] / "tokenizer.json").read_text())
     train_info = json.loads((out / "train.json").read_text()) if (out / "train.json").exists() else {}
@@ -357,7 +356,7 @@ def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sa
                      "samples_per_class": cfg.eval.samples_per_class, "reference": f"shapes/reference[0:{cfg.eval.reference_size}]",
                      "quantization": "round((x+1)*127.5) to uint8", "seed_scheme": "per global image index",
                      "sampler": model.sampler_settings(**(settings or {})), "throughput_batch_size": cfg.eval.batch_size,
-                     "device": str(resolve_device(cfg.device)), "threads": torch.get_num_threads()},
+                     "device": str(resolve_device(cfg.device)), "threads": torch.get_num_threads(), **(protocol or {})},
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "torch_fidelity": torch_fidelity.__version__, "python": platform.python_version()},
         "config": OmegaConf.to_container(cfg, resolve=True),

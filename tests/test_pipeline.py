@@ -24,8 +24,10 @@ def test_run_writes_record_leaderboard_grid_and_config(smoke_run):
     assert sorted(r["method"] for r in records) == ["flowar", "var"]
     for record in records:
         assert record["preset"] == "smoke"
-        for key in ("class_consistency", "classifier_fd", "throughput_img_s", "params_m"):
+        for key in ("class_consistency", "classifier_fd", "classifier_kid", "classifier_precision", "classifier_recall",
+                    "classifier_is", "throughput_img_s", "params_m"):
             assert key in record["metrics"]
+        assert 1 <= record["metrics"]["classifier_is"] <= 4 and record["protocol"]["evaluator"].startswith("torch-fidelity")
         for key in ("classifier_acc_real", "classifier_acc_recon", "untrained_class_consistency"):
             assert key in record["reference"]
     var = next(r for r in records if r["method"] == "var")
