@@ -96,7 +96,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     samples_per_class: int = 100   # generated images per class
-    batch_size: int = 100          # sampling batch size (also the throughput batch size)
+    batch_size: int = 100          # sampling batch size (also the large throughput batch; batch 1 is measured too)
+    throughput_repeats: int = 3    # timed calls per batch size after a warm-up (the median is recorded)
     reference_size: int = 2000     # real images for the reference statistics
     classifier_steps: int = 600    # shapes domain classifier: training steps (cached)
     floor: bool = True             # also evaluate the untrained model (the floor)
@@ -109,7 +110,8 @@ class EvalConfig:
     patch_nums: List[int] = field(default_factory=list)
 
     def check(self, key: str) -> None:
-        for name in ("samples_per_class", "batch_size", "reference_size", "classifier_steps", "grid_per_class"):
+        for name in ("samples_per_class", "batch_size", "throughput_repeats", "reference_size", "classifier_steps",
+                     "grid_per_class"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_choice(f"{key}.weights", self.weights, ["ema", "model"])
         if self.resolution:

@@ -36,6 +36,9 @@ METRIC_DIRECTION = {"class_consistency": "higher is better", "classifier_fd": "l
                     "classifier_is": "higher is better", "classifier_kid": "lower is better",
                     "classifier_precision": "higher is better", "classifier_recall": "higher is better",
                     "throughput_img_s": "higher is better"}
+# The sampling-cost columns (benchmark/speed.py), shown as their own table in leaderboard.md.
+COST_COLUMNS = ["throughput_img_s", "throughput_bs1_img_s", "latency_ms_per_image", "latency_bs1_ms", "nfe",
+                "gflops_per_image", "gflops_decode_per_image", "params_m", "peak_memory_mb", "device", "dtype"]
 REQUIRED_KEYS = ("method", "metrics")
 
 GRID_PADDING = 2        # pixels between grid cells
@@ -160,13 +163,15 @@ def _row(record: dict) -> tuple[dict, list[str], list[str], list[str]]:
     row.update(metrics)
     row.update(reference)
     row.update(timings)
+    cost = (record.get("protocol") or {}).get("cost") or {}   # where the cost columns were measured
+    row["device"], row["dtype"] = cost.get("device_name"), cost.get("dtype")
     row["note"] = record.get("note")
     row["run_dir"] = record.get("run_dir")
     return row, list(metrics), list(reference), list(timings)
 
 
 def _ordered_union(lists: Iterable[list[str]], first: Sequence[str] = ()) -> list[str]:
-    seen = dict.fromkeys(name for names in lists for name in names)
+    seen, first = dict.fromkeys(name for names in lists for name in names), dict.fromkeys(first)
     return [n for n in first if n in seen] + [n for n in seen if n not in first]
 
 
@@ -183,9 +188,9 @@ def records_to_frame(records: Iterable[dict]) -> pd.DataFrame:
         metric_cols.append(m)
         ref_cols.append(r)
         time_cols.append(t)
-    notes = ["note"] if any(row.get("note") for row in rows) else []
-    columns = (ID_COLUMNS + _ordered_union(metric_cols, MAIN_METRICS) + _ordered_union(ref_cols)
-               + _ordered_union(time_cols) + notes + ["run_dir"])
+    optional = [c for c in ("device", "dtype", "note") if any(row.get(c) for row in rows)]
+    columns = (ID_COLUMNS + _ordered_union(metric_cols, MAIN_METRICS + COST_COLUMNS) + _ordered_union(ref_cols)
+               + _ordered_union(time_cols) + optional + ["run_dir"])
     df = pd.DataFrame(rows, columns=columns)
     df["scales"] = df["scales"].astype(object).where(df["scales"].notna(), float("nan"))   # as a CSV reads it back
     return df.sort_values(SORT_COLUMNS, na_position="last", kind="stable").reset_index(drop=True)
@@ -251,8 +256,13 @@ def rebuild_leaderboard(records_root: str | Path, out_dir: str | Path) -> pd.Dat
     out_dir = Path(out_dir)
     _atomic_write(out_dir / "leaderboard.csv", lambda tmp: df.to_csv(tmp, index=False))
     _atomic_write(out_dir / "leaderboard_summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    cost = [c for c in COST_COLUMNS if c in df.columns]
     markdown = ("# Leaderboard\n\nOne row per run (method x config x seed).\n\n"
-                + markdown_table(df.drop(columns="run_dir"))
+                + markdown_table(df.drop(columns=["run_dir", *cost]))
+                + "\n## Sampling cost\n\nImages/s and latency at the evaluation batch and at batch 1 (median of "
+                  "repeats after a warm-up; tokens + decoding), network evaluations per image, GFLOPs per image "
+                  "(torch's FLOP counter), parameters (millions), peak memory (MB).\n\n"
+                + markdown_table(df[ID_COLUMNS + cost])
                 + "\n## Mean ± std over seeds\n\n"
                 + markdown_table(_mean_std_table(summary, df)))
     _atomic_write_text(out_dir / "leaderboard.md", markdown)

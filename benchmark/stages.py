@@ -271,6 +271,7 @@ def score(classifier: Path, images: torch.Tensor, labels: torch.Tensor, referenc
 
 def evaluate_method(cfg: DictConfig, method: str) -> Path:
     """Sample, score and write the run's record (and its sample grid)."""
+    from benchmark import speed   # here: benchmark.speed imports this module
     out, device = run_dir(cfg, method), resolve_device(cfg.device)
     ev, data_cfg = section(cfg, "eval"), section(cfg, "data")
     if data_cfg.name != "shapes":
@@ -307,11 +308,11 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
 
     labels = balanced_labels(train_set.num_classes, ev.samples_per_class)
     t0 = time.time()
-    images, throughput = generate_images(model, tok, labels, cfg.seed, ev.batch_size, device, f"sample {method}",
-                                         **settings)
+    images, _ = generate_images(model, tok, labels, cfg.seed, ev.batch_size, device, f"sample {method}", **settings)
     sample_s = time.time() - t0
-    metrics = {**score(classifier, images, labels, real_feats, device), "throughput_img_s": throughput,
-               "params_m": sum(p.numel() for p in model.network.parameters()) / 1e6}
+    cost, cost_protocol = speed.sampling_cost(model, tok, train_set.num_classes, ev.batch_size, device,
+                                              ev.throughput_repeats, **settings)
+    metrics = {**score(classifier, images, labels, real_feats, device), **cost}
     if ev.floor:  # the same model untrained: what "no learning" scores
         torch.manual_seed(cfg.seed)
         untrained = build_method(cfg, method, tok).to(device)
@@ -326,7 +327,7 @@ def evaluate_method(cfg: DictConfig, method: str) -> Path:
     shared_grid.parent.mkdir(parents=True, exist_ok=True)
     shared_grid.write_bytes(grid.read_bytes())
     record = make_record(cfg, method, metrics, reference, sample_s, model, settings, resolution,
-                         domain.protocol(classifier, len(labels), len(real)))
+                         {**domain.protocol(classifier, len(labels), len(real)), "cost": cost_protocol})
     return write_records(cfg, method, out, record)
 
 
@@ -355,7 +356,7 @@ def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sa
         "protocol": {"evaluator": "shapes-classifier", "samples": cfg.eval.samples_per_class * cfg.data.num_classes,
                      "samples_per_class": cfg.eval.samples_per_class, "reference": f"shapes/reference[0:{cfg.eval.reference_size}]",
                      "quantization": "round((x+1)*127.5) to uint8", "seed_scheme": "per global image index",
-                     "sampler": model.sampler_settings(**(settings or {})), "throughput_batch_size": cfg.eval.batch_size,
+                     "sampler": model.sampler_settings(**(settings or {})),
                      "device": str(resolve_device(cfg.device)), "threads": torch.get_num_threads(), **(protocol or {})},
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "torch_fidelity": torch_fidelity.__version__, "python": platform.python_version()},

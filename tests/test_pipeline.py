@@ -28,6 +28,9 @@ def test_run_writes_record_leaderboard_grid_and_config(smoke_run):
                     "classifier_is", "throughput_img_s", "params_m"):
             assert key in record["metrics"]
         assert 1 <= record["metrics"]["classifier_is"] <= 4 and record["protocol"]["evaluator"].startswith("torch-fidelity")
+        for key in ("throughput_bs1_img_s", "latency_bs1_ms", "nfe", "gflops_per_image", "peak_memory_mb"):
+            assert record["metrics"][key] > 0, key
+        assert record["protocol"]["cost"]["dtype"] == "fp32" and record["protocol"]["cost"]["device"] == "cpu"
         for key in ("classifier_acc_real", "classifier_acc_recon", "untrained_class_consistency"):
             assert key in record["reference"]
     var = next(r for r in records if r["method"] == "var")
