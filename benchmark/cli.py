@@ -97,11 +97,13 @@ def cmd_run(args) -> int:
         print(f"{len(jobs)} job(s) finished in {time.time() - start:.0f}s: " + ", ".join(map(str, records)))
         return 0
     frame = collect(cfg.paths.results)
-    print(f"\n{len(records)} job(s) finished in {time.time() - start:.0f}s; records: "
+    records = [p for r in records for p in (r if isinstance(r, list) else [r])]   # evaluate: one record per row
+    print(f"\n{len(jobs)} job(s) finished in {time.time() - start:.0f}s; records: "
           + ", ".join(str(r) for r in records))
-    cols = [c for c in ("method", "seed", "class_consistency", "classifier_fd", "ref_classifier_acc_real",
-                        "ref_classifier_acc_recon", "ref_untrained_class_consistency", "ref_untrained_classifier_fd",
-                        "throughput_img_s", "params_m") if c in frame.columns]
+    cols = [c for c in ("method", "seed", "sampler", "class_consistency", "classifier_fd", "classifier_is",
+                        "ref_classifier_acc_real", "ref_classifier_acc_recon", "ref_untrained_class_consistency",
+                        "ref_untrained_classifier_fd", "throughput_img_s", "nfe", "params_m", "note")
+            if c in frame.columns]
     hashes = {json.loads(Path(r).read_text())["config_hash"] for r in records}
     mine = frame[frame.config_hash.isin(hashes)] if len(frame) else frame
     if len(mine):

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-ID_COLUMNS = ["method", "preset", "dataset", "resolution", "scales", "seed", "config_hash"]
+ID_COLUMNS = ["method", "preset", "dataset", "resolution", "scales", "sampler", "seed", "config_hash"]
 SORT_COLUMNS = ["dataset", "resolution", "method", "seed"]
 MAIN_METRICS = ["class_consistency", "classifier_fd", "classifier_is", "classifier_kid", "classifier_precision",
                 "classifier_recall", "throughput_img_s"]
@@ -84,6 +84,12 @@ def _json_default(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- records
+
+def sampler_text(settings: dict) -> str:
+    """Sampler settings as one short cell: ``cfg=4 num_flow_steps=12`` (lists as 1-2-4, unset left out)."""
+    cell = lambda v: "-".join(map(str, v)) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
+    return " ".join(f"{k}={cell(v)}" for k, v in settings.items() if v is not None)
+
 
 def write_record(path: str | Path, record: dict) -> Path:
     """Write one evaluation record as pretty, key-sorted JSON, atomically."""
@@ -192,7 +198,8 @@ def records_to_frame(records: Iterable[dict]) -> pd.DataFrame:
     columns = (ID_COLUMNS + _ordered_union(metric_cols, MAIN_METRICS + COST_COLUMNS) + _ordered_union(ref_cols)
                + _ordered_union(time_cols) + optional + ["run_dir"])
     df = pd.DataFrame(rows, columns=columns)
-    df["scales"] = df["scales"].astype(object).where(df["scales"].notna(), float("nan"))   # as a CSV reads it back
+    for col in ("scales", "sampler"):   # missing as a CSV reads it back
+        df[col] = df[col].astype(object).where(df[col].notna(), float("nan"))
     return df.sort_values(SORT_COLUMNS, na_position="last", kind="stable").reset_index(drop=True)
 
 
@@ -283,7 +290,8 @@ def _bar_labels(df: pd.DataFrame) -> pd.Series:
 
 
 def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """One bar plot per main metric (bars: method; error bars: std over seeds)."""
+    """One bar plot per main metric (bars: method; error bars: std over seeds), and a
+    quality-speed plot per method (``plot_quality_speed``)."""
     data = df.assign(label=_bar_labels(df),
                      setting=df["dataset"].astype(str) + " " + df["resolution"].astype(str) + "px")
     hue = "setting" if data["setting"].nunique() > 1 else None
@@ -303,6 +311,37 @@ def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
             sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), frameon=False)
         ax.set(xlabel="", title=f"{metric} ({METRIC_DIRECTION[metric]})")
         paths.append(_save_figure(fig, Path(out_dir) / f"{metric}.png"))
+    return paths + plot_quality_speed(df, out_dir)
+
+
+def _setting_labels(rows: pd.DataFrame) -> list[str]:
+    """What tells a method's rows apart: the sampler settings and scales not shared by all."""
+    tokens = [f"{sampler} scales={scales}".split() if isinstance(sampler, str) else [f"scales={scales}"]
+              for sampler, scales in zip(rows["sampler"], rows["scales"])]
+    common = set.intersection(*map(set, tokens))
+    return [" ".join(t for t in row if t not in common) or "as configured" for row in tokens]
+
+
+def plot_quality_speed(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Per method, quality against sampling speed over all its rows (sampler sweeps, step
+    counts, resolutions): classifier FD and class consistency against images/s, each point
+    labelled with what differs between the rows."""
+    needed = ["throughput_img_s", "classifier_fd", "class_consistency"]
+    if not set(needed) <= set(df.columns):
+        return []
+    paths = []
+    for method, rows in df.dropna(subset=needed).groupby("method"):
+        rows = rows.assign(setting=rows["dataset"].astype(str) + " " + rows["resolution"].astype(str) + "px",
+                           label=_setting_labels(rows))
+        with sns.axes_style("whitegrid"):
+            fig = Figure(figsize=(11, 4))
+            axes = fig.subplots(1, 2)
+        for ax, metric in zip(axes, ["classifier_fd", "class_consistency"]):
+            sns.scatterplot(data=rows, x="throughput_img_s", y=metric, hue="setting", s=40, ax=ax)
+            for x, y, text in zip(rows["throughput_img_s"], rows[metric], rows["label"]):
+                ax.annotate(text, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set(xscale="log", xlabel="images/s (evaluation batch)", title=f"{method}: {metric} ({METRIC_DIRECTION[metric]})")
+        paths.append(_save_figure(fig, Path(out_dir) / f"quality_speed_{method}.png"))
     return paths
 
 

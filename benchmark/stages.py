@@ -7,19 +7,22 @@ last checkpoint. Stages know nothing of how they are scheduled (see jobs/).
 """
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file, save_file
 
 from benchmark import results
-from benchmark.config import ConfigError, TrainConfig, config_hash, section
+from benchmark.config import ConfigError, TrainConfig, config_hash, section, validate
 from benchmark.metrics import classifier as clf
 from benchmark.metrics import domain
 from benchmark.trainer import Trainer
@@ -172,9 +175,15 @@ def run_dir(cfg: DictConfig, method: str) -> Path:
 
 def evaluation_key(cfg: DictConfig, method: str) -> str:
     """The hash of everything behind a leaderboard row: the training config plus the
-    sampler and evaluation settings."""
+    sampler and evaluation settings. A swept value is in its row's own config (``sweep_rows``);
+    empty sweep lists are left out, so registering a method with new sampler settings
+    changes no existing key."""
     sampler = {k: cfg[method][k] for k in lookup(METHODS, method).sampler_keys}
-    return config_hash({"train": training_config(cfg, method), "sampler": sampler, "eval": cfg.eval})
+    evaluation = OmegaConf.to_container(cfg.eval, resolve=True)
+    sweep = {k: v for k, v in evaluation.pop("sweep", {}).items() if v}
+    if sweep:   # only a "not supported" row keeps one
+        evaluation["sweep"] = sweep
+    return config_hash({"train": training_config(cfg, method), "sampler": sampler, "eval": evaluation})
 
 
 def train_method(cfg: DictConfig, method: str) -> Path:
@@ -269,66 +278,164 @@ def score(classifier: Path, images: torch.Tensor, labels: torch.Tensor, referenc
     return domain.domain_metrics(features, reference, labels)
 
 
-def evaluate_method(cfg: DictConfig, method: str) -> Path:
-    """Sample, score and write the run's record (and its sample grid)."""
-    from benchmark import speed   # here: benchmark.speed imports this module
-    out, device = run_dir(cfg, method), resolve_device(cfg.device)
-    ev, data_cfg = section(cfg, "eval"), section(cfg, "data")
-    if data_cfg.name != "shapes":
-        raise NotImplementedError("the domain evaluator needs data.name=shapes; Inception metrics for other "
-                                  "datasets come with the evaluation-suite issue")
-    tok = load_tokenizer(cfg, method, device)
-    model = build_method(cfg, method, tok).to(device)
-    if not (out / f"{ev.weights}.safetensors").exists():
-        raise FileNotFoundError(f"{method} is not trained for this config ({out} has no {ev.weights}.safetensors); run "
+@dataclass
+class Reference:
+    """What every row of a run's evaluation is scored against; computed once per run."""
+    classifier: Path         # the domain classifier's weights (the torch-fidelity extractor loads them)
+    features: dict           # domain features of the real held-out images
+    labels: torch.Tensor     # the class-balanced labels every row samples
+    class_names: list[str]
+    values: dict             # the record's "reference": the ceiling (real, reconstructions) and the floor
+    protocol: dict
+
+
+def sweep_rows(cfg: DictConfig, method: str) -> list[tuple[DictConfig, str | None]]:
+    """The rows of a run's evaluation: the config as it is, then one per value of each
+    ``eval.sweep`` list (that setting alone changed, the others at the config's values). A row
+    is a full config with its value set and the sweep emptied, so its evaluation key, record
+    and grid are its own. A swept setting the method does not have gives one row with the
+    reason it is not supported; a swept value equal to the config's is not evaluated twice."""
+    cls = lookup(METHODS, method)
+    base = copy.deepcopy(cfg)
+    for key in base.eval.sweep:
+        base.eval.sweep[key] = []
+    rows = [(base, None)]
+    for key, values in cfg.eval.sweep.items():
+        if not values:
+            continue
+        if key != "patch_nums" and key not in cls.sampler_keys:
+            row = copy.deepcopy(base)
+            row.eval.sweep[key] = values
+            rows.append((row, f"{cls.__name__} has no sampler setting {key!r} (it has: {', '.join(cls.sampler_keys)})"))
+            continue
+        for value in values:
+            row = copy.deepcopy(base)
+            try:
+                if key == "patch_nums":
+                    row.eval.patch_nums = value
+                else:
+                    OmegaConf.update(row, f"{method}.{key}", value, merge=False)
+                validate(row)
+            except (ConfigError, OmegaConfBaseException) as err:
+                raise ConfigError(f"eval.sweep.{key}: {value!r} is not a valid value for {method} "
+                                  f"({str(err).splitlines()[0]})") from None
+            rows.append((row, None))
+    seen, unique = set(), []
+    for row, reason in rows:
+        if evaluation_key(row, method) not in seen:
+            seen.add(evaluation_key(row, method))
+            unique.append((row, reason))
+    return unique
+
+
+def row_settings(row: DictConfig, method: str, model: Method, side: int) -> dict:
+    """A row's sampler settings: its method section's, plus what its final latent ``side`` and
+    ``eval.patch_nums`` ask of the sampler (``Method.evaluation_settings``, which raises
+    NotSupportedByDesign where the method cannot by construction)."""
+    own = OmegaConf.to_container(row[method], resolve=True)
+    settings = {k: own[k] for k in model.sampler_keys}
+    try:
+        settings.update(model.evaluation_settings(side, list(row.eval.patch_nums)))
+    except NotSupportedByDesign:
+        raise
+    except ValueError as err:   # e.g. a scale list that does not end at the asked side
+        raise ConfigError(f"{method}: {err}") from None
+    return settings
+
+
+def load_trained(cfg: DictConfig, method: str, tok, device: torch.device) -> Method:
+    out, weights = run_dir(cfg, method), cfg.eval.weights
+    if not (out / f"{weights}.safetensors").exists():
+        raise FileNotFoundError(f"{method} is not trained for this config ({out} has no {weights}.safetensors); run "
                                 f"the train stage first (python -m benchmark run --methods {method} ...)")
-    model.load_weights(out / f"{ev.weights}.safetensors")
-    resolution = ev.resolution or data_cfg.resolution   # extrapolation: another size / scale list
+    model = build_method(cfg, method, tok).to(device)
+    model.load_weights(out / f"{weights}.safetensors")
+    return model.eval()
+
+
+def evaluate_method(cfg: DictConfig, method: str) -> list[Path]:
+    """Sample, score and write one record (and sample grid) per row of ``sweep_rows``: the
+    config's own sampler settings, then each swept value. The classifier, the reference
+    features, the tokenizer's ceiling and the untrained floor are computed once, for all rows."""
+    device = resolve_device(cfg.device)
+    if cfg.data.name != "shapes":
+        raise NotImplementedError("the domain evaluator needs data.name=shapes; score other data with "
+                                  "`python -m benchmark sample` + `python -m benchmark evaluate` (Inception metrics)")
+    tok = load_tokenizer(cfg, method, device)
+    model = load_trained(cfg, method, tok, device)
+    resolution = cfg.eval.resolution or cfg.data.resolution   # extrapolation: another size / scale list
     if resolution % tok.stride:
         raise ConfigError(f"eval.resolution={resolution} is not a multiple of the tokenizer's stride {tok.stride}")
-    try:
-        settings = model.evaluation_settings(resolution // tok.stride if ev.resolution else None, list(ev.patch_nums))
-    except NotSupportedByDesign as err:   # a row that says so, never a silent fallback
-        record = make_record(cfg, method, {}, {}, 0.0, model, {}, resolution)
-        record.update(note=f"not supported by design: {err}", scales=None)
-        return write_records(cfg, method, out, record)
+    rows = []   # every row's settings before any sampling: a bad value fails first
+    for row, reason in sweep_rows(cfg, method):
+        try:
+            if reason:
+                raise NotSupportedByDesign(reason)
+            rows.append((row, row_settings(row, method, model, resolution // tok.stride), None))
+        except NotSupportedByDesign as err:   # a row that says so, never a silent fallback
+            rows.append((row, {}, f"not supported by design: {err}"))
+    paths, reference = [], None
+    for row, settings, note in rows:
+        if note:
+            record = make_record(row, method, {}, {}, 0.0, model, {}, resolution)
+            record.update(note=note, scales=None)
+            paths.append(write_records(row, method, run_dir(row, method), record))
+            continue
+        reference = reference or build_reference(cfg, method, tok, resolution, device, settings)
+        paths.append(evaluate_row(row, method, model, tok, reference, settings, resolution, device))
+    return paths
+
+
+def build_reference(cfg: DictConfig, method: str, tok, resolution: int, device: torch.device,
+                    settings: dict) -> Reference:
+    """The classifier, the real held-out images' features, what the tokenizer makes of them
+    (the ceiling) and, with ``eval.floor``, the untrained model sampled with ``settings`` (the
+    floor: what "no learning" scores)."""
+    ev = section(cfg, "eval")
     train_set = build_dataset(cfg, resolution=resolution)
     classifier = clf.classifier_weights(train_set, Path(cfg.paths.cache) / "classifiers", steps=ev.classifier_steps)
-
-    # Reference: real held-out images, and what the tokenizer makes of them (the ceiling).
     real, real_labels = build_dataset(cfg, "reference", resolution=resolution).render(np.arange(ev.reference_size))
     real_feats = domain.extract_features(to_uint8(real), classifier, device=device.type)
     with torch.no_grad():
         recon = torch.cat([tok.decode(tok.encode(x.to(device))).clamp(-1, 1).cpu() for x in real.split(256)])
     recon_metrics = score(classifier, recon, real_labels, real_feats, device)
-    accuracy = (real_feats[domain.LOGITS].argmax(1) == real_labels).double().mean()
-    reference = {"classifier_acc_real": float(accuracy),
-                 "classifier_acc_recon": recon_metrics[domain.KEY_CLASS_CONSISTENCY],
-                 "classifier_fd_recon": recon_metrics[domain.KEY_FD]}
-
+    values = {"classifier_acc_real": float((real_feats[domain.LOGITS].argmax(1) == real_labels).double().mean()),
+              "classifier_acc_recon": recon_metrics[domain.KEY_CLASS_CONSISTENCY],
+              "classifier_fd_recon": recon_metrics[domain.KEY_FD]}
     labels = balanced_labels(train_set.num_classes, ev.samples_per_class)
-    t0 = time.time()
-    images, _ = generate_images(model, tok, labels, cfg.seed, ev.batch_size, device, f"sample {method}", **settings)
-    sample_s = time.time() - t0
-    cost, cost_protocol = speed.sampling_cost(model, tok, train_set.num_classes, ev.batch_size, device,
-                                              ev.throughput_repeats, **settings)
-    metrics = {**score(classifier, images, labels, real_feats, device), **cost}
-    if ev.floor:  # the same model untrained: what "no learning" scores
+    protocol = domain.protocol(classifier, len(labels), len(real))
+    if ev.floor:
         torch.manual_seed(cfg.seed)
         untrained = build_method(cfg, method, tok).to(device)
-        floor_images, _ = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained",
-                                          **settings)
-        floor = score(classifier, floor_images, labels, real_feats, device)
-        reference.update({f"untrained_{k}": v for k, v in floor.items()})
+        images, _ = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained",
+                                    **settings)
+        floor = score(classifier, images, labels, real_feats, device)
+        values.update({f"untrained_{k}": floor[k] for k in (domain.KEY_CLASS_CONSISTENCY, domain.KEY_FD)})
+        protocol["floor_sampler"] = untrained.sampler_settings(**settings)
+    return Reference(classifier, real_feats, labels, list(train_set.class_names), values, protocol)
 
-    grid = results.save_sample_grid(images, labels, list(train_set.class_names), out / f"samples-{evaluation_key(cfg, method)}.png",
-                                    per_class=ev.grid_per_class)
-    shared_grid = Path(cfg.paths.results) / "grids" / f"{cfg.preset}_{method}_{evaluation_key(cfg, method)}_seed{cfg.seed}.png"
+
+def evaluate_row(row: DictConfig, method: str, model: Method, tok, reference: Reference, settings: dict,
+                 resolution: int, device: torch.device) -> Path:
+    """One leaderboard row: sample with ``settings``, score against the reference, measure the
+    sampling cost, write the record and the sample grid."""
+    from benchmark import speed   # here: benchmark.speed imports this module
+    ev, key = section(row, "eval"), evaluation_key(row, method)
+    start = time.time()
+    images, _ = generate_images(model, tok, reference.labels, row.seed, ev.batch_size, device, f"sample {method}",
+                                **settings)
+    sample_s = time.time() - start
+    cost, cost_protocol = speed.sampling_cost(model, tok, row.data.num_classes, ev.batch_size, device,
+                                              ev.throughput_repeats, **settings)
+    metrics = {**score(reference.classifier, images, reference.labels, reference.features, device), **cost}
+    grid = results.save_sample_grid(images, reference.labels, reference.class_names,
+                                    run_dir(row, method) / f"samples-{key}.png", per_class=ev.grid_per_class)
+    shared_grid = Path(row.paths.results) / "grids" / f"{row.preset}_{method}_{key}_seed{row.seed}.png"
     shared_grid.parent.mkdir(parents=True, exist_ok=True)
     shared_grid.write_bytes(grid.read_bytes())
-    record = make_record(cfg, method, metrics, reference, sample_s, model, settings, resolution,
-                         {**domain.protocol(classifier, len(labels), len(real)), "cost": cost_protocol})
-    return write_records(cfg, method, out, record)
+    record = make_record(row, method, metrics, reference.values, sample_s, model, settings, resolution,
+                         {**reference.protocol, "cost": cost_protocol})
+    return write_records(row, method, run_dir(row, method), record)
 
 
 def write_records(cfg: DictConfig, method: str, out: Path, record: dict) -> Path:
@@ -348,6 +455,7 @@ def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sa
         "train_hash": out.parent.name.split("-")[-1],
         "dataset": cfg.data.name, "resolution": resolution or cfg.data.resolution, "train_resolution": cfg.data.resolution,
         "scales": "-".join(map(str, model.generated_scales(**(settings or {})))),
+        "sampler": results.sampler_text(model.sampler_settings(**(settings or {}))),
         "metrics": metrics, "reference": reference,
         "tokenizer": {k: tok_info[k] for k in ("name", "kind", "psnr", "scaling_factor", "codebook_usage_pct", "dead_codes")
                       if k in tok_info},

@@ -70,8 +70,8 @@ def test_read_records_reports_bad_files(records_root):
 def test_records_to_frame_dedupes_and_orders(records_root):
     good, _ = results.read_records(records_root)
     df = results.records_to_frame(good)
-    assert list(df.columns[:9]) == ["method", "preset", "dataset", "resolution", "scales", "seed", "config_hash",
-                                    "class_consistency", "classifier_fd"]
+    assert list(df.columns[:10]) == ["method", "preset", "dataset", "resolution", "scales", "sampler", "seed",
+                                     "config_hash", "class_consistency", "classifier_fd"]
     assert {"ref_classifier_acc_real", "tokenizer_s", "train_s"} <= set(df.columns)
     assert df.columns[-1] == "run_dir"
     assert list(zip(df["method"], df["seed"])) == [("flowar", 0), ("flowar", 1), ("var", 0), ("var", 1)]
@@ -92,7 +92,7 @@ def test_rebuild_leaderboard_writes_tables(records_root, tmp_path):
     assert 99.0 not in csv["classifier_fd"].tolist()
 
     md = (out / "leaderboard.md").read_text()
-    assert "| method | preset |" in md and "| flowar | tiny | shapes | 32 |  | 1 |" in md
+    assert "| method | preset |" in md and "| flowar | tiny | shapes | 32 |  |  | 1 |" in md
     assert "0.55 ± 0.071" in md  # flowar class_consistency over seeds
     cost_table = md.split("## Sampling cost")[1].split("## Mean")[0]
     assert "| throughput_img_s | params_m |" in cost_table and "| 40 | 1.2 |" in cost_table
@@ -142,13 +142,25 @@ def test_sample_grid_pads_missing_cells(tmp_path):
 def test_plots_created(records_root, tmp_path):
     df = results.rebuild_leaderboard(records_root, tmp_path / "lb")
     paths = results.plot_leaderboard(df, tmp_path / "plots")
-    assert sorted(p.name for p in paths) == ["class_consistency.png", "classifier_fd.png",
-                                             "throughput_img_s.png"]
+    assert sorted(p.name for p in paths) == ["class_consistency.png", "classifier_fd.png", "quality_speed_flowar.png",
+                                             "quality_speed_var.png", "throughput_img_s.png"]
     assert all(p.stat().st_size > 0 for p in paths)
 
     single = results.plot_leaderboard(df.iloc[:1].drop(columns="throughput_img_s"), tmp_path / "one")
-    assert [p.name for p in single] == ["class_consistency.png", "classifier_fd.png"]
+    assert [p.name for p in single] == ["class_consistency.png", "classifier_fd.png"]   # no speed: no speed plot
     assert Image.open(single[0]).size[0] > 100
+
+
+def test_quality_speed_labels_name_what_differs(tmp_path):
+    rows = pd.DataFrame({"method": "flowar", "dataset": "shapes", "resolution": 32, "scales": "1-2-4-8",
+                         "sampler": ["num_flow_steps=4 cfg=4", "num_flow_steps=8 cfg=4", "num_flow_steps=8 cfg=2"],
+                         "throughput_img_s": [80.0, 40.0, 41.0], "classifier_fd": [12.0, 9.0, 10.0],
+                         "class_consistency": [0.4, 0.5, 0.45]})
+    assert results._setting_labels(rows) == ["num_flow_steps=4 cfg=4", "num_flow_steps=8 cfg=4", "num_flow_steps=8 cfg=2"]
+    assert results._setting_labels(rows.iloc[1:]) == ["cfg=4", "cfg=2"]
+    assert results._setting_labels(rows.iloc[:1]) == ["as configured"]
+    (path,) = results.plot_quality_speed(rows, tmp_path)
+    assert path.name == "quality_speed_flowar.png" and Image.open(path).size[0] > 300
 
 
 def test_loss_curve(tmp_path):
