@@ -253,8 +253,39 @@ def _mean_std_table(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+TOKENIZER_COLUMNS = ["tokenizer", "kind", "preset", "dataset", "resolution", "recon_fd", "recon_psnr",
+                     "recon_class_accuracy", "real_class_accuracy", "num_reference", "codebook_usage_pct",
+                     "dead_codes", "used_by", "tokenizer_key"]
+
+
+def tokenizer_table(records: Iterable[dict]) -> pd.DataFrame:
+    """One row per tokenizer x preset x resolution, from the reference figures the evaluation
+    records (the newest record wins): reconstructions of the held-out reference images scored
+    like samples — ``recon_fd``, the domain rFID (classifier FD of reconstructions vs the real
+    images), PSNR and the classifier's accuracy on them. Kept apart from the generation table:
+    rFID and gFID are different protocols."""
+    rows = {}
+    for record in sorted(records, key=_created):
+        tok, ref = record.get("tokenizer") or {}, record.get("reference") or {}
+        if "classifier_fd_recon" not in ref or "name" not in tok:
+            continue
+        key = (tok.get("key", tok["name"]), record.get("preset"), record.get("dataset"), record.get("resolution"))
+        used_by = sorted({record["method"], *(rows[key]["used_by"].split(", ") if key in rows else [])})
+        rows[key] = {"tokenizer": tok["name"], "kind": tok.get("kind"), "preset": record.get("preset"),
+                     "dataset": record.get("dataset"), "resolution": record.get("resolution"),
+                     "recon_fd": ref["classifier_fd_recon"], "recon_psnr": ref.get("recon_psnr"),
+                     "recon_class_accuracy": ref.get("classifier_acc_recon"),
+                     "real_class_accuracy": ref.get("classifier_acc_real"),
+                     "num_reference": (record.get("protocol") or {}).get("num_reference"),
+                     "codebook_usage_pct": tok.get("codebook_usage_pct"), "dead_codes": tok.get("dead_codes"),
+                     "used_by": ", ".join(used_by), "tokenizer_key": tok.get("key")}
+    df = pd.DataFrame(list(rows.values()), columns=TOKENIZER_COLUMNS)
+    return df.sort_values(["dataset", "resolution", "tokenizer"], kind="stable").reset_index(drop=True)
+
+
 def rebuild_leaderboard(records_root: str | Path, out_dir: str | Path) -> pd.DataFrame:
-    """Rebuild leaderboard.csv / .md and leaderboard_summary.csv from the records on disk."""
+    """Rebuild leaderboard.csv / .md, leaderboard_summary.csv and the tokenizer table
+    (tokenizers.csv / .md) from the records on disk."""
     records, skipped = read_records(records_root)
     for path, reason in skipped:
         warnings.warn(f"skipping record {path}: {reason}", stacklevel=2)
@@ -273,6 +304,14 @@ def rebuild_leaderboard(records_root: str | Path, out_dir: str | Path) -> pd.Dat
                 + "\n## Mean ± std over seeds\n\n"
                 + markdown_table(_mean_std_table(summary, df)))
     _atomic_write_text(out_dir / "leaderboard.md", markdown)
+    tokenizers = tokenizer_table(records)
+    _atomic_write(out_dir / "tokenizers.csv", lambda tmp: tokenizers.to_csv(tmp, index=False))
+    _atomic_write_text(out_dir / "tokenizers.md", "# Tokenizers\n\nReconstructions of the held-out reference images, "
+                       "scored like samples: `recon_fd` is the domain rFID (Fréchet distance in the shapes "
+                       "classifier's feature space, torch-fidelity), `recon_psnr` in dB, and the classifier's accuracy "
+                       "on the reconstructions and on the real images. A separate protocol from generation (the "
+                       "leaderboard); codebook usage is measured on 512 held-out images at the training resolution."
+                       "\n\n" + markdown_table(tokenizers))
     return df
 
 

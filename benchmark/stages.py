@@ -114,11 +114,16 @@ def tokenizer_metrics(tok, cfg: DictConfig, device: torch.device, n: int = 512) 
     """Reconstruction PSNR on held-out images; for a VQ, codebook usage on them too."""
     images, labels = build_dataset(cfg, "test").render(np.arange(n))
     recon = torch.cat([tok.decode(tok.encode(x.to(device))).clamp(-1, 1).cpu() for x in images.split(128)])
-    mse = ((recon - images) / 2).pow(2).flatten(1).mean(1)
-    metrics = {"psnr": float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()), "n_images": n}
+    metrics = {"psnr": psnr(recon, images), "n_images": n}
     if hasattr(tok, "usage"):
         metrics.update(tok.usage(torch.cat([tok.to_cache(x.to(device)) for x in images.split(128)])))
     return metrics
+
+
+def psnr(recon: torch.Tensor, images: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of reconstructions of images in [-1, 1] (peak: the [0, 1] range)."""
+    mse = ((recon - images) / 2).pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
 
 
 def load_tokenizer(cfg: DictConfig, method: str, device: torch.device):
@@ -401,7 +406,7 @@ def build_reference(cfg: DictConfig, method: str, tok, resolution: int, device: 
     recon_metrics = score(classifier, recon, real_labels, real_feats, device)
     values = {"classifier_acc_real": float((real_feats[domain.LOGITS].argmax(1) == real_labels).double().mean()),
               "classifier_acc_recon": recon_metrics[domain.KEY_CLASS_CONSISTENCY],
-              "classifier_fd_recon": recon_metrics[domain.KEY_FD]}
+              "classifier_fd_recon": recon_metrics[domain.KEY_FD], "recon_psnr": psnr(recon, real)}
     labels = balanced_labels(train_set.num_classes, ev.samples_per_class)
     protocol = domain.protocol(classifier, len(labels), len(real))
     if ev.floor:
@@ -457,8 +462,9 @@ def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sa
         "scales": "-".join(map(str, model.generated_scales(**(settings or {})))),
         "sampler": results.sampler_text(model.sampler_settings(**(settings or {}))),
         "metrics": metrics, "reference": reference,
-        "tokenizer": {k: tok_info[k] for k in ("name", "kind", "psnr", "scaling_factor", "codebook_usage_pct", "dead_codes")
-                      if k in tok_info},
+        "tokenizer": {"key": tokenizer_key(cfg, method)[1],
+                      **{k: tok_info[k] for k in ("name", "kind", "psnr", "scaling_factor", "codebook_usage_pct",
+                                                  "dead_codes") if k in tok_info}},
         "timings": {"tokenizer_s": tok_info.get("seconds", 0.0), "train_s": train_info.get("seconds", 0.0),
                     "sample_s": sample_s},
         "protocol": {"evaluator": "shapes-classifier", "samples": cfg.eval.samples_per_class * cfg.data.num_classes,

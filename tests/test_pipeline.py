@@ -38,6 +38,9 @@ def test_run_writes_record_leaderboard_grid_and_config(smoke_run):
     assert set(var["protocol"]["sampler"]) == {"cfg", "top_k", "top_p", "more_smooth"}
     board = pd.read_csv(root / "results" / "leaderboard.csv")
     assert sorted(board.method.tolist()) == ["flowar", "var"]
+    tokenizers = pd.read_csv(root / "results" / "tokenizers.csv")
+    assert sorted(tokenizers.tokenizer) == ["kl", "msvq"] and (tokenizers.recon_psnr > 5).all()
+    assert (tokenizers.recon_fd >= 0).all() and sorted(tokenizers.used_by) == ["flowar", "var"]
     for method in ("flowar", "var"):
         assert next((root / "results" / "grids").glob(f"smoke_{method}_*_seed0.png")).stat().st_size > 0
         run_dir = next((root / "runs" / "smoke").glob(f"{method}-*/seed0"))

@@ -96,8 +96,32 @@ def test_rebuild_leaderboard_writes_tables(records_root, tmp_path):
     assert "0.55 ± 0.071" in md  # flowar class_consistency over seeds
     cost_table = md.split("## Sampling cost")[1].split("## Mean")[0]
     assert "| throughput_img_s | params_m |" in cost_table and "| 40 | 1.2 |" in cost_table
-    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md",
-                                                     "leaderboard_summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md", "leaderboard_summary.csv",
+                                                     "tokenizers.csv", "tokenizers.md"]
+
+
+def test_tokenizer_table_one_row_per_tokenizer_and_resolution(tmp_path):
+    def with_tokenizer(method, name, resolution, fd, created):
+        record = make_record(method, 0, 0.5, 10.0, created)
+        record.update(resolution=resolution, tokenizer={"name": name, "kind": "continuous", "key": f"{name}-abc"},
+                      reference={"classifier_fd_recon": fd, "recon_psnr": 25.0, "classifier_acc_recon": 0.9,
+                                 "classifier_acc_real": 0.99},
+                      protocol={"num_reference": 1000})
+        return record
+    records = [with_tokenizer("flowar", "kl", 32, 0.5, "2025-01-01T00:00:00"),
+               with_tokenizer("flowar", "kl", 32, 0.2, "2025-02-01T00:00:00"),   # newer: wins
+               with_tokenizer("mar", "kl", 32, 0.3, "2025-01-15T00:00:00"),      # the same tokenizer, another user
+               with_tokenizer("flowar", "kl", 64, 0.9, "2025-01-01T00:00:00"),
+               with_tokenizer("var", "msvq", 32, 0.6, "2025-01-01T00:00:00"),
+               make_record("var", 1, 0.3, 22.0)]                                 # no tokenizer figures: skipped
+    table = results.tokenizer_table(records)
+    assert list(zip(table.tokenizer, table.resolution)) == [("kl", 32), ("msvq", 32), ("kl", 64)]
+    assert table.loc[0, "recon_fd"] == 0.2 and table.loc[0, "used_by"] == "flowar, mar"
+    assert table.loc[0, "recon_psnr"] == 25.0 and table.loc[0, "num_reference"] == 1000
+    for name, record in enumerate(records):
+        results.write_record(tmp_path / "records" / f"{name}.json", record)
+    results.rebuild_leaderboard(tmp_path / "records", tmp_path)
+    assert "| kl | continuous | tiny | shapes | 32 | 0.2 | 25 |" in (tmp_path / "tokenizers.md").read_text()
 
 
 def test_summary_mean_and_std(records_root, tmp_path):
