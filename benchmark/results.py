@@ -86,9 +86,10 @@ def _json_default(obj: Any) -> Any:
 # ----------------------------------------------------------------------------- records
 
 def sampler_text(settings: dict) -> str:
-    """Sampler settings as one short cell: ``cfg=4 num_flow_steps=12`` (lists as 1-2-4, unset left out)."""
+    """Sampler settings as one short cell: ``cfg=4 num_flow_steps=12`` (lists as 1-2-4; unset,
+    None or [], left out)."""
     cell = lambda v: "-".join(map(str, v)) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
-    return " ".join(f"{k}={cell(v)}" for k, v in settings.items() if v is not None)
+    return " ".join(f"{k}={cell(v)}" for k, v in settings.items() if v is not None and v != [])
 
 
 def write_record(path: str | Path, record: dict) -> Path:
@@ -357,6 +358,7 @@ def _setting_labels(rows: pd.DataFrame) -> list[str]:
     """What tells a method's rows apart: the sampler settings and scales not shared by all."""
     tokens = [f"{sampler} scales={scales}".split() if isinstance(sampler, str) else [f"scales={scales}"]
               for sampler, scales in zip(rows["sampler"], rows["scales"])]
+    tokens = [[t for t in row if not t.startswith("infer_patch_nums=")] for row in tokens]   # = the scales
     common = set.intersection(*map(set, tokens))
     return [" ".join(t for t in row if t not in common) or "as configured" for row in tokens]
 
@@ -376,10 +378,12 @@ def plot_quality_speed(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
             fig = Figure(figsize=(11, 4))
             axes = fig.subplots(1, 2)
         for ax, metric in zip(axes, ["classifier_fd", "class_consistency"]):
-            sns.scatterplot(data=rows, x="throughput_img_s", y=metric, hue="setting", s=40, ax=ax)
+            hue = "setting" if rows["setting"].nunique() > 1 else None
+            sns.scatterplot(data=rows, x="throughput_img_s", y=metric, hue=hue, s=40, ax=ax)
             for x, y, text in zip(rows["throughput_img_s"], rows[metric], rows["label"]):
                 ax.annotate(text, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set(xscale="log", xlabel="images/s (evaluation batch)", title=f"{method}: {metric} ({METRIC_DIRECTION[metric]})")
+            ax.margins(x=0.3, y=0.1)   # room for the labels
         paths.append(_save_figure(fig, Path(out_dir) / f"quality_speed_{method}.png"))
     return paths
 

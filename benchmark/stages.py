@@ -341,7 +341,7 @@ def row_settings(row: DictConfig, method: str, model: Method, side: int) -> dict
     settings = {k: own[k] for k in model.sampler_keys}
     try:
         settings.update(model.evaluation_settings(side, list(row.eval.patch_nums)))
-    except NotSupportedByDesign:
+    except NotSupportedByDesign:   # a ValueError too, but the caller writes it as a row
         raise
     except ValueError as err:   # e.g. a scale list that does not end at the asked side
         raise ConfigError(f"{method}: {err}") from None
@@ -349,6 +349,7 @@ def row_settings(row: DictConfig, method: str, model: Method, side: int) -> dict
 
 
 def load_trained(cfg: DictConfig, method: str, tok, device: torch.device) -> Method:
+    """The trained method of this config (``eval.weights``: EMA or raw), in eval mode."""
     out, weights = run_dir(cfg, method), cfg.eval.weights
     if not (out / f"{weights}.safetensors").exists():
         raise FileNotFoundError(f"{method} is not trained for this config ({out} has no {weights}.safetensors); run "

@@ -175,6 +175,11 @@ def test_plots_created(records_root, tmp_path):
     assert Image.open(single[0]).size[0] > 100
 
 
+def test_sampler_text_is_one_short_cell():
+    settings = {"cfg": 4.0, "top_k": 0, "topk_sides": [1, 2, 4], "infer_patch_nums": [], "max_pn": None, "smooth": False}
+    assert results.sampler_text(settings) == "cfg=4 top_k=0 topk_sides=1-2-4 smooth=False"
+
+
 def test_quality_speed_labels_name_what_differs(tmp_path):
     rows = pd.DataFrame({"method": "flowar", "dataset": "shapes", "resolution": 32, "scales": "1-2-4-8",
                          "sampler": ["num_flow_steps=4 cfg=4", "num_flow_steps=8 cfg=4", "num_flow_steps=8 cfg=2"],
