@@ -125,7 +125,7 @@ def cmd_run(args) -> int:
     if executor == "inline":
         outputs = executors.run_inline(groups)
         rows = [{"job": j.name, "state": executors.FINISHED} for g in groups for j in g.jobs]
-        records = [o for o in outputs["outputs"] if o.endswith(".json")]
+        records = [o for out in outputs["outputs"] for o in out if o.endswith(".json")]
     else:
         folder = executors.sweep_folder(cfg)
         if executor == "slurm":
@@ -143,16 +143,18 @@ def cmd_run(args) -> int:
             sweep = executors.write_sweep(folder, cfg, executor, record, sys.argv)
         rows = executors.wait(sweep.parent, poll_s=2.0 if executor == "slurm" else 0.1,
                               log=print if executor == "slurm" else (lambda *_: None))
-        records = [r["detail"] for r in rows if r["state"] == executors.FINISHED and r["detail"].endswith(".json")]
+        records = [p for r in rows if r["state"] == executors.FINISHED   # evaluate: one record per row
+                   for p in r["detail"].split(", ") if p.endswith(".json")]
     failed = [r for r in rows if r["state"] != executors.FINISHED]
     if "evaluate" not in args.stages:
         print(f"{len(rows) - len(failed)} job(s) finished in {time.time() - start:.0f}s")
         return 1 if failed else 0
     frame = collect(cfg.paths.results)
     print(f"\n{len(records)} record(s) in {time.time() - start:.0f}s: " + ", ".join(records))
-    cols = [c for c in ("method", "seed", "class_consistency", "classifier_fd", "ref_classifier_acc_real",
-                        "ref_classifier_acc_recon", "ref_untrained_class_consistency", "ref_untrained_classifier_fd",
-                        "throughput_img_s", "params_m") if c in frame.columns]
+    cols = [c for c in ("method", "seed", "sampler", "class_consistency", "classifier_fd", "classifier_is",
+                        "ref_classifier_acc_real", "ref_classifier_acc_recon", "ref_untrained_class_consistency",
+                        "ref_untrained_classifier_fd", "throughput_img_s", "nfe", "params_m", "note")
+            if c in frame.columns]
     hashes = {json.loads(Path(r).read_text())["config_hash"] for r in records if Path(r).exists()}
     mine = frame[frame.config_hash.isin(hashes)] if len(frame) else frame
     if len(mine):

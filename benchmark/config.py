@@ -96,7 +96,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     samples_per_class: int = 100   # generated images per class
-    batch_size: int = 100          # sampling batch size (also the throughput batch size)
+    batch_size: int = 100          # sampling batch size (also the large throughput batch; batch 1 is measured too)
+    throughput_repeats: int = 3    # timed calls per batch size after a warm-up (the median is recorded)
     reference_size: int = 2000     # real images for the reference statistics
     classifier_steps: int = 600    # shapes domain classifier: training steps (cached)
     floor: bool = True             # also evaluate the untrained model (the floor)
@@ -107,16 +108,32 @@ class EvalConfig:
     # them (FlexVAR); the others refuse by design.
     resolution: int = 0
     patch_nums: List[int] = field(default_factory=list)
+    # eval.sweep (added by `schema()`, one list per sampler setting of any registered method,
+    # plus patch_nums): every value of every non-empty list is evaluated as its own row, the
+    # other settings at the config's values, e.g. eval.sweep.cfg=[1,2,4] or
+    # eval.sweep.patch_nums=[[1,2,4,8],[1,2,3,4,6,8]] (benchmark/stages.py: sweep_rows).
 
     def check(self, key: str) -> None:
-        for name in ("samples_per_class", "batch_size", "reference_size", "classifier_steps", "grid_per_class"):
+        for name in ("samples_per_class", "batch_size", "throughput_repeats", "reference_size", "classifier_steps",
+                     "grid_per_class"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_choice(f"{key}.weights", self.weights, ["ema", "model"])
         if self.resolution:
             check_choice(f"{key}.resolution", self.resolution, [16, 32, 48, 64, 96, 128, 256, 384, 512, 1024])
-        pn = list(self.patch_nums)
-        if pn and (pn[0] != 1 or any(b <= a for a, b in zip(pn, pn[1:]))):
-            raise ConfigError(f"{key}.patch_nums={pn}: a scale list starts at 1 and increases, e.g. [1, 2, 3, 4, 6, 8]")
+        check_scale_list(f"{key}.patch_nums", self.patch_nums)
+        for name, values in vars(getattr(self, "sweep", None) or object()).items():
+            for value in values:
+                if name == "patch_nums":
+                    check_scale_list(f"{key}.sweep.patch_nums", value)
+                elif value is None:
+                    raise ConfigError(f"{key}.sweep.{name} has an empty value (null); give values, e.g. [1, 2]")
+
+
+def check_scale_list(key: str, pn: Any) -> None:
+    if not isinstance(pn, list) or not all(isinstance(p, int) for p in pn):
+        raise ConfigError(f"{key}={pn!r}: a scale list is a list of sides, e.g. [1, 2, 3, 4, 6, 8]")
+    if pn and (pn[0] != 1 or any(b <= a for a, b in zip(pn, pn[1:]))):
+        raise ConfigError(f"{key}={pn}: a scale list starts at 1 and increases, e.g. [1, 2, 3, 4, 6, 8]")
 
 
 @dataclass
@@ -176,12 +193,22 @@ class RunConfig:
         check_positive("threads", self.threads, allow_zero=True)
 
 
+def sweep_keys() -> list[str]:
+    """What ``eval.sweep`` may vary: every registered method's sampler settings and the scale list."""
+    load_builtins()
+    return sorted({"patch_nums", *(k for name in names(METHODS) for k in lookup(METHODS, name).sampler_keys)})
+
+
 def schema() -> DictConfig:
     """The full schema: the run sections plus one section per registered tokenizer and method
-    (named after it, typed by its ``Config`` dataclass)."""
+    (named after it, typed by its ``Config`` dataclass), and ``eval.sweep`` with one list per
+    sweepable setting (so an unknown sweep key fails like any unknown key)."""
     load_builtins()
+    sweep = make_dataclass("SweepConfig", [(k, List[Any], field(default_factory=list)) for k in sweep_keys()])
+    evaluation = make_dataclass("FullEvalConfig", [("sweep", sweep, field(default_factory=sweep))], bases=(EvalConfig,))
     extra = [(name, lookup(registry, name).Config, field(default_factory=lookup(registry, name).Config))
              for registry in (TOKENIZERS, METHODS) for name in names(registry)]
+    extra.append(("eval", evaluation, field(default_factory=evaluation)))
     full = make_dataclass("FullConfig", extra, bases=(RunConfig,))
     cfg = OmegaConf.structured(full)
     OmegaConf.set_struct(cfg, True)
@@ -214,6 +241,8 @@ def _explain(err: OmegaConfBaseException, base: DictConfig) -> ConfigError:
         hint = f" Did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
         return ConfigError(f"unknown config key '{key}'. Valid keys here: {', '.join(valid)}.{hint}")
     msg = str(err).splitlines()[0]
+    if key.startswith("eval.sweep."):
+        msg += f"; a sweep is a list of values, e.g. {key}=[1.5,2,4]"
     return ConfigError(f"bad value for config key '{key}': {msg}")
 
 

@@ -28,11 +28,17 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-ID_COLUMNS = ["method", "preset", "dataset", "resolution", "scales", "seed", "config_hash"]
+ID_COLUMNS = ["method", "preset", "dataset", "resolution", "scales", "sampler", "seed", "config_hash"]
 SORT_COLUMNS = ["dataset", "resolution", "method", "seed"]
-MAIN_METRICS = ["class_consistency", "classifier_fd", "throughput_img_s"]
+MAIN_METRICS = ["class_consistency", "classifier_fd", "classifier_is", "classifier_kid", "classifier_precision",
+                "classifier_recall", "throughput_img_s"]
 METRIC_DIRECTION = {"class_consistency": "higher is better", "classifier_fd": "lower is better",
+                    "classifier_is": "higher is better", "classifier_kid": "lower is better",
+                    "classifier_precision": "higher is better", "classifier_recall": "higher is better",
                     "throughput_img_s": "higher is better"}
+# The sampling-cost columns (benchmark/speed.py), shown as their own table in leaderboard.md.
+COST_COLUMNS = ["throughput_img_s", "throughput_bs1_img_s", "latency_ms_per_image", "latency_bs1_ms", "nfe",
+                "gflops_per_image", "gflops_decode_per_image", "params_m", "peak_memory_mb", "device", "dtype"]
 REQUIRED_KEYS = ("method", "metrics")
 
 GRID_PADDING = 2        # pixels between grid cells
@@ -78,6 +84,13 @@ def _json_default(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- records
+
+def sampler_text(settings: dict) -> str:
+    """Sampler settings as one short cell: ``cfg=4 num_flow_steps=12`` (lists as 1-2-4; unset,
+    None or [], left out)."""
+    cell = lambda v: "-".join(map(str, v)) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
+    return " ".join(f"{k}={cell(v)}" for k, v in settings.items() if v is not None and v != [])
+
 
 def write_record(path: str | Path, record: dict) -> Path:
     """Write one evaluation record as pretty, key-sorted JSON, atomically."""
@@ -157,13 +170,15 @@ def _row(record: dict) -> tuple[dict, list[str], list[str], list[str]]:
     row.update(metrics)
     row.update(reference)
     row.update(timings)
+    cost = (record.get("protocol") or {}).get("cost") or {}   # where the cost columns were measured
+    row["device"], row["dtype"] = cost.get("device_name"), cost.get("dtype")
     row["note"] = record.get("note")
     row["run_dir"] = record.get("run_dir")
     return row, list(metrics), list(reference), list(timings)
 
 
 def _ordered_union(lists: Iterable[list[str]], first: Sequence[str] = ()) -> list[str]:
-    seen = dict.fromkeys(name for names in lists for name in names)
+    seen, first = dict.fromkeys(name for names in lists for name in names), dict.fromkeys(first)
     return [n for n in first if n in seen] + [n for n in seen if n not in first]
 
 
@@ -180,11 +195,12 @@ def records_to_frame(records: Iterable[dict]) -> pd.DataFrame:
         metric_cols.append(m)
         ref_cols.append(r)
         time_cols.append(t)
-    notes = ["note"] if any(row.get("note") for row in rows) else []
-    columns = (ID_COLUMNS + _ordered_union(metric_cols, MAIN_METRICS) + _ordered_union(ref_cols)
-               + _ordered_union(time_cols) + notes + ["run_dir"])
+    optional = [c for c in ("device", "dtype", "note") if any(row.get(c) for row in rows)]
+    columns = (ID_COLUMNS + _ordered_union(metric_cols, MAIN_METRICS + COST_COLUMNS) + _ordered_union(ref_cols)
+               + _ordered_union(time_cols) + optional + ["run_dir"])
     df = pd.DataFrame(rows, columns=columns)
-    df["scales"] = df["scales"].astype(object).where(df["scales"].notna(), float("nan"))   # as a CSV reads it back
+    for col in ("scales", "sampler"):   # missing as a CSV reads it back
+        df[col] = df[col].astype(object).where(df[col].notna(), float("nan"))
     return df.sort_values(SORT_COLUMNS, na_position="last", kind="stable").reset_index(drop=True)
 
 
@@ -238,8 +254,39 @@ def _mean_std_table(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+TOKENIZER_COLUMNS = ["tokenizer", "kind", "preset", "dataset", "resolution", "recon_fd", "recon_psnr",
+                     "recon_class_accuracy", "real_class_accuracy", "num_reference", "codebook_usage_pct",
+                     "dead_codes", "used_by", "tokenizer_key"]
+
+
+def tokenizer_table(records: Iterable[dict]) -> pd.DataFrame:
+    """One row per tokenizer x preset x resolution, from the reference figures the evaluation
+    records (the newest record wins): reconstructions of the held-out reference images scored
+    like samples — ``recon_fd``, the domain rFID (classifier FD of reconstructions vs the real
+    images), PSNR and the classifier's accuracy on them. Kept apart from the generation table:
+    rFID and gFID are different protocols."""
+    rows = {}
+    for record in sorted(records, key=_created):
+        tok, ref = record.get("tokenizer") or {}, record.get("reference") or {}
+        if "classifier_fd_recon" not in ref or "name" not in tok:
+            continue
+        key = (tok.get("key", tok["name"]), record.get("preset"), record.get("dataset"), record.get("resolution"))
+        used_by = sorted({record["method"], *(rows[key]["used_by"].split(", ") if key in rows else [])})
+        rows[key] = {"tokenizer": tok["name"], "kind": tok.get("kind"), "preset": record.get("preset"),
+                     "dataset": record.get("dataset"), "resolution": record.get("resolution"),
+                     "recon_fd": ref["classifier_fd_recon"], "recon_psnr": ref.get("recon_psnr"),
+                     "recon_class_accuracy": ref.get("classifier_acc_recon"),
+                     "real_class_accuracy": ref.get("classifier_acc_real"),
+                     "num_reference": (record.get("protocol") or {}).get("num_reference"),
+                     "codebook_usage_pct": tok.get("codebook_usage_pct"), "dead_codes": tok.get("dead_codes"),
+                     "used_by": ", ".join(used_by), "tokenizer_key": tok.get("key")}
+    df = pd.DataFrame(list(rows.values()), columns=TOKENIZER_COLUMNS)
+    return df.sort_values(["dataset", "resolution", "tokenizer"], kind="stable").reset_index(drop=True)
+
+
 def rebuild_leaderboard(records_root: str | Path, out_dir: str | Path) -> pd.DataFrame:
-    """Rebuild leaderboard.csv / .md and leaderboard_summary.csv from the records on disk."""
+    """Rebuild leaderboard.csv / .md, leaderboard_summary.csv and the tokenizer table
+    (tokenizers.csv / .md) from the records on disk."""
     records, skipped = read_records(records_root)
     for path, reason in skipped:
         warnings.warn(f"skipping record {path}: {reason}", stacklevel=2)
@@ -248,11 +295,24 @@ def rebuild_leaderboard(records_root: str | Path, out_dir: str | Path) -> pd.Dat
     out_dir = Path(out_dir)
     _atomic_write(out_dir / "leaderboard.csv", lambda tmp: df.to_csv(tmp, index=False))
     _atomic_write(out_dir / "leaderboard_summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    cost = [c for c in COST_COLUMNS if c in df.columns]
     markdown = ("# Leaderboard\n\nOne row per run (method x config x seed).\n\n"
-                + markdown_table(df.drop(columns="run_dir"))
+                + markdown_table(df.drop(columns=["run_dir", *cost]))
+                + "\n## Sampling cost\n\nImages/s and latency at the evaluation batch and at batch 1 (median of "
+                  "repeats after a warm-up; tokens + decoding), network evaluations per image, GFLOPs per image "
+                  "(torch's FLOP counter), parameters (millions), peak memory (MB).\n\n"
+                + markdown_table(df[ID_COLUMNS + cost])
                 + "\n## Mean ± std over seeds\n\n"
                 + markdown_table(_mean_std_table(summary, df)))
     _atomic_write_text(out_dir / "leaderboard.md", markdown)
+    tokenizers = tokenizer_table(records)
+    _atomic_write(out_dir / "tokenizers.csv", lambda tmp: tokenizers.to_csv(tmp, index=False))
+    _atomic_write_text(out_dir / "tokenizers.md", "# Tokenizers\n\nReconstructions of the held-out reference images, "
+                       "scored like samples: `recon_fd` is the domain rFID (Fréchet distance in the shapes "
+                       "classifier's feature space, torch-fidelity), `recon_psnr` in dB, and the classifier's accuracy "
+                       "on the reconstructions and on the real images. A separate protocol from generation (the "
+                       "leaderboard); codebook usage is measured on 512 held-out images at the training resolution."
+                       "\n\n" + markdown_table(tokenizers))
     return df
 
 
@@ -270,7 +330,8 @@ def _bar_labels(df: pd.DataFrame) -> pd.Series:
 
 
 def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """One bar plot per main metric (bars: method; error bars: std over seeds)."""
+    """One bar plot per main metric (bars: method; error bars: std over seeds), and a
+    quality-speed plot per method (``plot_quality_speed``)."""
     data = df.assign(label=_bar_labels(df),
                      setting=df["dataset"].astype(str) + " " + df["resolution"].astype(str) + "px")
     hue = "setting" if data["setting"].nunique() > 1 else None
@@ -290,6 +351,40 @@ def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
             sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), frameon=False)
         ax.set(xlabel="", title=f"{metric} ({METRIC_DIRECTION[metric]})")
         paths.append(_save_figure(fig, Path(out_dir) / f"{metric}.png"))
+    return paths + plot_quality_speed(df, out_dir)
+
+
+def _setting_labels(rows: pd.DataFrame) -> list[str]:
+    """What tells a method's rows apart: the sampler settings and scales not shared by all."""
+    tokens = [f"{sampler} scales={scales}".split() if isinstance(sampler, str) else [f"scales={scales}"]
+              for sampler, scales in zip(rows["sampler"], rows["scales"])]
+    tokens = [[t for t in row if not t.startswith("infer_patch_nums=")] for row in tokens]   # = the scales
+    common = set.intersection(*map(set, tokens))
+    return [" ".join(t for t in row if t not in common) or "as configured" for row in tokens]
+
+
+def plot_quality_speed(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Per method, quality against sampling speed over all its rows (sampler sweeps, step
+    counts, resolutions): classifier FD and class consistency against images/s, each point
+    labelled with what differs between the rows."""
+    needed = ["throughput_img_s", "classifier_fd", "class_consistency"]
+    if not set(needed) <= set(df.columns):
+        return []
+    paths = []
+    for method, rows in df.dropna(subset=needed).groupby("method"):
+        rows = rows.assign(setting=rows["dataset"].astype(str) + " " + rows["resolution"].astype(str) + "px",
+                           label=_setting_labels(rows))
+        with sns.axes_style("whitegrid"):
+            fig = Figure(figsize=(11, 4))
+            axes = fig.subplots(1, 2)
+        for ax, metric in zip(axes, ["classifier_fd", "class_consistency"]):
+            hue = "setting" if rows["setting"].nunique() > 1 else None
+            sns.scatterplot(data=rows, x="throughput_img_s", y=metric, hue=hue, s=40, ax=ax)
+            for x, y, text in zip(rows["throughput_img_s"], rows[metric], rows["label"]):
+                ax.annotate(text, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set(xscale="log", xlabel="images/s (evaluation batch)", title=f"{method}: {metric} ({METRIC_DIRECTION[metric]})")
+            ax.margins(x=0.3, y=0.1)   # room for the labels
+        paths.append(_save_figure(fig, Path(out_dir) / f"quality_speed_{method}.png"))
     return paths
 
 

@@ -1,11 +1,16 @@
-"""Sampling speed of a method at a preset's size, with random weights (speed does not depend
-on the weights): images/s and latency at each batch size, peak memory, parameters.
+"""Sampling cost of a method: images/s and latency per image at batch size 1 and at a large
+batch, peak memory, network evaluations (NFE), parameters and FLOPs per image.
 
-    python -m benchmark.speed --method var --preset var_d16 --batch-sizes 1 64
-    python -m benchmark.speed --method flowar --preset flowar_small --batch-sizes 1 64 --dtype bf16
+``sampling_cost`` is the one measurement: the evaluate stage calls it for every leaderboard
+row (trained weights, the row's sampler settings), and this script for a preset's size with
+random weights (speed does not depend on the weights):
+
+    python -m benchmark.speed --method var --preset var_d16 --batch-size 64 device=cuda
+    python -m benchmark.speed --method flowar --preset flowar_small --batch-size 64 --dtype bf16
 
 Tokens and decoding are timed together, as in the evaluation. The first call at each batch
-size is a warm-up; the figure is the median of ``--repeats`` timed calls.
+size is a warm-up; the figure is the median of ``repeats`` timed calls. FLOPs are counted by
+torch's ``FlopCounterMode`` on one image (tokens, then decoding), never estimated by hand.
 """
 from __future__ import annotations
 
@@ -16,20 +21,92 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from benchmark import stages
 from benchmark.config import load_config, section
+from methods.base import Method
 from methods.registry import TOKENIZERS, lookup
+
+# On CPU, F.scaled_dot_product_attention runs aten._scaled_dot_product_flash_attention_for_cpu,
+# which FlopCounterMode has no formula for (it would count attention as 0 FLOPs): count it
+# with torch's own SDPA formula, as the CUDA kernels are.
+CPU_SDPA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                  lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the most memory torch allocated since the last reset; CPU: the process's peak RSS
+    (its whole life, not this call alone: compare CPU figures within one process with care)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, dtype: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+
 @torch.no_grad()
-def measure(method: str, preset: str, batch_sizes: list[int], repeats: int, dtype: str, overrides: list[str]) -> list[dict]:
+def seconds_per_batch(model: Method, tok, batch_size: int, num_classes: int, device: torch.device, repeats: int,
+                      dtype: str = "fp32", **settings) -> float:
+    """Median wall time of ``repeats`` calls on one batch (tokens + decoding), after a warm-up call."""
+    labels = torch.arange(batch_size) % num_classes
+    times = []
+    for r in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        with _autocast(device, dtype):
+            stages.generate_batch(model, tok, labels, range(r * batch_size, (r + 1) * batch_size), 0, device, **settings)
+        _sync(device)
+        if r > 0:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def flops_per_image(model: Method, tok, device: torch.device, dtype: str = "fp32", **settings) -> tuple[int, int]:
+    """FLOPs of generating one image's tokens and of decoding them, counted by FlopCounterMode
+    (a guided sampler's doubled batch counts as what it runs)."""
+    labels = torch.zeros(1, dtype=torch.long, device=device)
+    with _autocast(device, dtype), FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as tokens:
+        latents = model.generate(labels, [torch.Generator().manual_seed(0)], **settings)
+    with _autocast(device, dtype), FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as decoding:
+        tok.decode(latents)
+    return tokens.get_total_flops(), decoding.get_total_flops()
+
+
+def sampling_cost(model: Method, tok, num_classes: int, batch_size: int, device: torch.device, repeats: int = 3,
+                  dtype: str = "fp32", **settings) -> tuple[dict, dict]:
+    """(metrics, protocol) of sampling with these settings: images/s and ms per image at batch
+    1 and at ``batch_size``, peak memory, NFE (``model.nfe``), parameters (millions) and
+    GFLOPs per image (tokens + decoding, and decoding alone)."""
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    one = seconds_per_batch(model, tok, 1, num_classes, device, repeats, dtype, **settings)
+    big = seconds_per_batch(model, tok, batch_size, num_classes, device, repeats, dtype, **settings)
+    memory = peak_memory_mb(device)
+    token_flops, decode_flops = flops_per_image(model, tok, device, dtype, **settings)
+    metrics = {"throughput_img_s": batch_size / big, "latency_ms_per_image": 1000 * big / batch_size,
+               "throughput_bs1_img_s": 1 / one, "latency_bs1_ms": 1000 * one, "peak_memory_mb": memory,
+               "nfe": model.nfe(**settings), "params_m": sum(p.numel() for p in model.network.parameters()) / 1e6,
+               "gflops_per_image": (token_flops + decode_flops) / 1e9, "gflops_decode_per_image": decode_flops / 1e9}
+    protocol = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "dtype": dtype, "batch_sizes": [1, batch_size], "repeats": repeats, "warmup_calls": 1,
+                "statistic": "median", "threads": torch.get_num_threads(),
+                "peak_memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+                "flops": "torch.utils.flop_counter.FlopCounterMode, one image, tokens + decoding"}
+    return metrics, protocol
+
+
+def measure(method: str, preset: str, batch_size: int, repeats: int, dtype: str, overrides: list[str]) -> dict:
+    """``sampling_cost`` of ``method`` at ``preset``'s size with random weights."""
     cfg = load_config(preset, overrides)
     device = stages.resolve_device(cfg.device)
     name = cfg[method].tokenizer
@@ -37,43 +114,25 @@ def measure(method: str, preset: str, batch_sizes: list[int], repeats: int, dtyp
     tcfg.pretrained = None
     tok = lookup(TOKENIZERS, name)(tcfg).to(device).eval()
     model = stages.build_method(cfg, method, tok).to(device).eval()
-    params = sum(p.numel() for p in model.network.parameters()) / 1e6
-    rows = []
-    for batch in batch_sizes:
-        labels = torch.arange(batch) % cfg.data.num_classes
-        times = []
-        for r in range(repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-                stages.generate_batch(model, tok, labels, range(batch), seed=r, device=device)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if r > 0:   # the first call warms up
-                times.append(time.perf_counter() - t0)
-        seconds = statistics.median(times)
-        rows.append({"method": method, "preset": preset, "batch_size": batch, "images_per_s": batch / seconds,
-                     "latency_s_per_image": seconds / batch, "seconds_per_batch": seconds,
-                     "peak_memory_mb": peak_memory_mb(device), "params_m": params, "device": str(device),
-                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                     "dtype": dtype, "repeats": repeats, "sampler": model.sampler_settings(),
-                     "resolution": cfg.data.resolution})
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+    metrics, protocol = sampling_cost(model, tok, cfg.data.num_classes, batch_size, device, repeats, dtype)
+    row = {"method": method, "preset": preset, "resolution": cfg.data.resolution, **metrics, **protocol,
+           "sampler": model.sampler_settings()}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True)
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64])
+    p.add_argument("--batch-size", type=int, default=64, help="the large batch (batch size 1 is always measured)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. device=cuda")
     args = p.parse_args(argv)
-    measure(args.method, args.preset, args.batch_sizes, args.repeats, args.dtype, args.overrides)
+    if args.batch_size < 1 or args.repeats < 1:
+        p.error(f"--batch-size {args.batch_size} and --repeats {args.repeats} must be at least 1")
+    measure(args.method, args.preset, args.batch_size, args.repeats, args.dtype, args.overrides)
 
 
 if __name__ == "__main__":

@@ -9,20 +9,24 @@ image indices, and rank 0 alone writes.
 """
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file, save_file
 
 from benchmark import results
-from benchmark.config import ConfigError, TrainConfig, config_hash, section
+from benchmark.config import ConfigError, TrainConfig, config_hash, section, validate
 from benchmark.metrics import classifier as clf
+from benchmark.metrics import domain
 from benchmark.trainer import Trainer
 from jobs import distributed
 from methods.base import Method, NotSupportedByDesign, TokenSpec
@@ -119,11 +123,16 @@ def tokenizer_metrics(tok, cfg: DictConfig, device: torch.device, n: int = 512) 
     """Reconstruction PSNR on held-out images; for a VQ, codebook usage on them too."""
     images, labels = build_dataset(cfg, "test").render(np.arange(n))
     recon = torch.cat([tok.decode(tok.encode(x.to(device))).clamp(-1, 1).cpu() for x in images.split(128)])
-    mse = ((recon - images) / 2).pow(2).flatten(1).mean(1)
-    metrics = {"psnr": float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()), "n_images": n}
+    metrics = {"psnr": psnr(recon, images), "n_images": n}
     if hasattr(tok, "usage"):
         metrics.update(tok.usage(torch.cat([tok.to_cache(x.to(device)) for x in images.split(128)])))
     return metrics
+
+
+def psnr(recon: torch.Tensor, images: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of reconstructions of images in [-1, 1] (peak: the [0, 1] range)."""
+    mse = ((recon - images) / 2).pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
 
 
 def load_tokenizer(cfg: DictConfig, method: str, device: torch.device):
@@ -184,9 +193,15 @@ def run_dir(cfg: DictConfig, method: str) -> Path:
 
 def evaluation_key(cfg: DictConfig, method: str) -> str:
     """The hash of everything behind a leaderboard row: the training config plus the
-    sampler and evaluation settings."""
+    sampler and evaluation settings. A swept value is in its row's own config (``sweep_rows``);
+    empty sweep lists are left out, so registering a method with new sampler settings
+    changes no existing key."""
     sampler = {k: cfg[method][k] for k in lookup(METHODS, method).sampler_keys}
-    return config_hash({"train": training_config(cfg, method), "sampler": sampler, "eval": cfg.eval})
+    evaluation = OmegaConf.to_container(cfg.eval, resolve=True)
+    sweep = {k: v for k, v in evaluation.pop("sweep", {}).items() if v}
+    if sweep:   # only a "not supported" row keeps one
+        evaluation["sweep"] = sweep
+    return config_hash({"train": training_config(cfg, method), "sampler": sampler, "eval": evaluation})
 
 
 def train_method(cfg: DictConfig, method: str) -> Path:
@@ -282,84 +297,187 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Samples as a PNG would store them, back in [-1, 1], for scoring."""
-    return to_uint8(images).float() / 127.5 - 1
+def score(classifier: Path, images: torch.Tensor, labels: torch.Tensor, reference: dict,
+          device: torch.device) -> dict:
+    """Domain metrics of samples in [-1, 1], quantised to uint8 as a PNG would store them,
+    against the reference features (``domain.extract_features`` of the real images)."""
+    features = domain.extract_features(to_uint8(images), classifier, device=device.type)
+    return domain.domain_metrics(features, reference, labels)
 
 
-def score(classifier, images: torch.Tensor, labels: torch.Tensor, real_features: torch.Tensor) -> dict:
-    logits, feats = clf.predict(classifier, quantize(images))
-    return {clf.KEY_CLASS_CONSISTENCY: float((logits.argmax(1) == labels).float().mean()),
-            clf.KEY_CLASSIFIER_FD: clf.frechet_distance(feats, real_features)}
+@dataclass
+class Reference:
+    """What every row of a run's evaluation is scored against; computed once per run."""
+    classifier: Path         # the domain classifier's weights (the torch-fidelity extractor loads them)
+    features: dict           # domain features of the real held-out images
+    labels: torch.Tensor     # the class-balanced labels every row samples
+    class_names: list[str]
+    values: dict             # the record's "reference": the ceiling (real, reconstructions) and the floor
+    protocol: dict
 
 
-def evaluate_method(cfg: DictConfig, method: str) -> Path:
-    """Sample, score and write the run's record (and its sample grid)."""
-    out, device = run_dir(cfg, method), resolve_device(cfg.device)
-    ev, data_cfg = section(cfg, "eval"), section(cfg, "data")
-    if data_cfg.name != "shapes":
-        raise NotImplementedError("the domain evaluator needs data.name=shapes; Inception metrics for other "
-                                  "datasets come with the evaluation-suite issue")
-    tok = load_tokenizer(cfg, method, device)
-    model = build_method(cfg, method, tok).to(device)
-    if not (out / f"{ev.weights}.safetensors").exists():
-        raise FileNotFoundError(f"{method} is not trained for this config ({out} has no {ev.weights}.safetensors); run "
+def sweep_rows(cfg: DictConfig, method: str) -> list[tuple[DictConfig, str | None]]:
+    """The rows of a run's evaluation: the config as it is, then one per value of each
+    ``eval.sweep`` list (that setting alone changed, the others at the config's values). A row
+    is a full config with its value set and the sweep emptied, so its evaluation key, record
+    and grid are its own. A swept setting the method does not have gives one row with the
+    reason it is not supported; a swept value equal to the config's is not evaluated twice."""
+    cls = lookup(METHODS, method)
+    base = copy.deepcopy(cfg)
+    for key in base.eval.sweep:
+        base.eval.sweep[key] = []
+    rows = [(base, None)]
+    for key, values in cfg.eval.sweep.items():
+        if not values:
+            continue
+        if key != "patch_nums" and key not in cls.sampler_keys:
+            row = copy.deepcopy(base)
+            row.eval.sweep[key] = values
+            rows.append((row, f"{cls.__name__} has no sampler setting {key!r} (it has: {', '.join(cls.sampler_keys)})"))
+            continue
+        for value in values:
+            row = copy.deepcopy(base)
+            try:
+                if key == "patch_nums":
+                    row.eval.patch_nums = value
+                else:
+                    OmegaConf.update(row, f"{method}.{key}", value, merge=False)
+                validate(row)
+            except (ConfigError, OmegaConfBaseException) as err:
+                raise ConfigError(f"eval.sweep.{key}: {value!r} is not a valid value for {method} "
+                                  f"({str(err).splitlines()[0]})") from None
+            rows.append((row, None))
+    seen, unique = set(), []
+    for row, reason in rows:
+        if evaluation_key(row, method) not in seen:
+            seen.add(evaluation_key(row, method))
+            unique.append((row, reason))
+    return unique
+
+
+def row_settings(row: DictConfig, method: str, model: Method, side: int) -> dict:
+    """A row's sampler settings: its method section's, plus what its final latent ``side`` and
+    ``eval.patch_nums`` ask of the sampler (``Method.evaluation_settings``, which raises
+    NotSupportedByDesign where the method cannot by construction)."""
+    own = OmegaConf.to_container(row[method], resolve=True)
+    settings = {k: own[k] for k in model.sampler_keys}
+    try:
+        settings.update(model.evaluation_settings(side, list(row.eval.patch_nums)))
+    except NotSupportedByDesign:   # a ValueError too, but the caller writes it as a row
+        raise
+    except ValueError as err:   # e.g. a scale list that does not end at the asked side
+        raise ConfigError(f"{method}: {err}") from None
+    return settings
+
+
+def load_trained(cfg: DictConfig, method: str, tok, device: torch.device) -> Method:
+    """The trained method of this config (``eval.weights``: EMA or raw), in eval mode."""
+    out, weights = run_dir(cfg, method), cfg.eval.weights
+    if not (out / f"{weights}.safetensors").exists():
+        raise FileNotFoundError(f"{method} is not trained for this config ({out} has no {weights}.safetensors); run "
                                 f"the train stage first (python -m benchmark run --methods {method} ...)")
-    model.load_weights(out / f"{ev.weights}.safetensors")
-    resolution = ev.resolution or data_cfg.resolution   # extrapolation: another size / scale list
+    model = build_method(cfg, method, tok).to(device)
+    model.load_weights(out / f"{weights}.safetensors")
+    return model.eval()
+
+
+def evaluate_method(cfg: DictConfig, method: str) -> list[Path]:
+    """Sample, score and write one record (and sample grid) per row of ``sweep_rows``: the
+    config's own sampler settings, then each swept value. The classifier, the reference
+    features, the tokenizer's ceiling and the untrained floor are computed once, for all rows."""
+    device = resolve_device(cfg.device)
+    if cfg.data.name != "shapes":
+        raise NotImplementedError("the domain evaluator needs data.name=shapes; score other data with "
+                                  "`python -m benchmark sample` + `python -m benchmark evaluate` (Inception metrics)")
+    tok = load_tokenizer(cfg, method, device)
+    model = load_trained(cfg, method, tok, device)
+    resolution = cfg.eval.resolution or cfg.data.resolution   # extrapolation: another size / scale list
     if resolution % tok.stride:
         raise ConfigError(f"eval.resolution={resolution} is not a multiple of the tokenizer's stride {tok.stride}")
-    try:
-        settings = model.evaluation_settings(resolution // tok.stride if ev.resolution else None, list(ev.patch_nums))
-    except NotSupportedByDesign as err:   # a row that says so, never a silent fallback
-        record = make_record(cfg, method, {}, {}, 0.0, model, {}, resolution)
-        record.update(note=f"not supported by design: {err}", scales=None)
-        return write_records(cfg, method, out, record)
-    train_set = build_dataset(cfg, resolution=resolution)
-    classifier = distributed.main_first(lambda: clf.load_or_train_classifier(
-        train_set, Path(cfg.paths.cache) / "classifiers", steps=ev.classifier_steps)).to(device)
+    rows = []   # every row's settings before any sampling: a bad value fails first
+    for row, reason in sweep_rows(cfg, method):
+        try:
+            if reason:
+                raise NotSupportedByDesign(reason)
+            rows.append((row, row_settings(row, method, model, resolution // tok.stride), None))
+        except NotSupportedByDesign as err:   # a row that says so, never a silent fallback
+            rows.append((row, {}, f"not supported by design: {err}"))
+    paths, reference = [], None
+    for row, settings, note in rows:
+        if note:
+            record = make_record(row, method, {}, {}, 0.0, model, {}, resolution)
+            record.update(note=note, scales=None)
+            paths.append(write_records(row, method, run_dir(row, method), record))
+            continue
+        reference = reference or build_reference(cfg, method, tok, resolution, device, settings)
+        paths.append(evaluate_row(row, method, model, tok, reference, settings, resolution, device))
+    return paths
 
-    # Reference: real held-out images, and what the tokenizer makes of them (the ceiling).
+
+def build_reference(cfg: DictConfig, method: str, tok, resolution: int, device: torch.device,
+                    settings: dict) -> Reference:
+    """The classifier, the real held-out images' features, what the tokenizer makes of them
+    (the ceiling) and, with ``eval.floor``, the untrained model sampled with ``settings`` (the
+    floor: what "no learning" scores)."""
+    ev = section(cfg, "eval")
+    train_set = build_dataset(cfg, resolution=resolution)
+    classifier = distributed.main_first(   # rank 0 trains and caches it; the others load it
+        lambda: clf.classifier_weights(train_set, Path(cfg.paths.cache) / "classifiers", steps=ev.classifier_steps))
     real, real_labels = build_dataset(cfg, "reference", resolution=resolution).render(np.arange(ev.reference_size))
-    real_logits, real_feats = clf.predict(classifier, quantize(real))
+    real_feats = domain.extract_features(to_uint8(real), classifier, device=device.type)
     with torch.no_grad():
         recon = torch.cat([tok.decode(tok.encode(x.to(device))).clamp(-1, 1).cpu() for x in real.split(256)])
-    recon_logits, recon_feats = clf.predict(classifier, quantize(recon))
-    reference = {"classifier_acc_real": float((real_logits.argmax(1) == real_labels).float().mean()),
-                 "classifier_acc_recon": float((recon_logits.argmax(1) == real_labels).float().mean()),
-                 "classifier_fd_recon": clf.frechet_distance(recon_feats, real_feats)}
-
+    recon_metrics = score(classifier, recon, real_labels, real_feats, device)
+    values = {"classifier_acc_real": float((real_feats[domain.LOGITS].argmax(1) == real_labels).double().mean()),
+              "classifier_acc_recon": recon_metrics[domain.KEY_CLASS_CONSISTENCY],
+              "classifier_fd_recon": recon_metrics[domain.KEY_FD], "recon_psnr": psnr(recon, real)}
     labels = balanced_labels(train_set.num_classes, ev.samples_per_class)
-    t0 = time.time()
-    images, throughput = generate_images(model, tok, labels, cfg.seed, ev.batch_size, device, f"sample {method}",
-                                         **settings)
-    sample_s = time.time() - t0
-    metrics = {**score(classifier, images, labels, real_feats), "throughput_img_s": throughput,
-               "params_m": sum(p.numel() for p in model.network.parameters()) / 1e6}
-    if ev.floor:  # the same model untrained: what "no learning" scores
+    protocol = domain.protocol(classifier, len(labels), len(real))
+    if ev.floor:
         torch.manual_seed(cfg.seed)
         untrained = build_method(cfg, method, tok).to(device)
-        floor_images, _ = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained",
-                                          **settings)
-        floor = score(classifier, floor_images, labels, real_feats)
-        reference.update({f"untrained_{k}": v for k, v in floor.items()})
+        images, _ = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained",
+                                    **settings)
+        floor = score(classifier, images, labels, real_feats, device)
+        values.update({f"untrained_{k}": floor[k] for k in (domain.KEY_CLASS_CONSISTENCY, domain.KEY_FD)})
+        protocol["floor_sampler"] = untrained.sampler_settings(**settings)
+    return Reference(classifier, real_feats, labels, list(train_set.class_names), values, protocol)
 
-    if not distributed.is_main():   # every rank has every image; rank 0 writes
-        return write_records(cfg, method, out, make_record(cfg, method, metrics, reference, sample_s, model, settings,
-                                                           resolution))
-    grid = results.save_sample_grid(images, labels, list(train_set.class_names), out / f"samples-{evaluation_key(cfg, method)}.png",
-                                    per_class=ev.grid_per_class)
-    shared_grid = Path(cfg.paths.results) / "grids" / f"{cfg.preset}_{method}_{evaluation_key(cfg, method)}_seed{cfg.seed}.png"
+
+def evaluate_row(row: DictConfig, method: str, model: Method, tok, reference: Reference, settings: dict,
+                 resolution: int, device: torch.device) -> Path:
+    """One leaderboard row: sample with ``settings``, score against the reference, measure the
+    sampling cost, write the record and the sample grid."""
+    from benchmark import speed   # here: benchmark.speed imports this module
+    ev, key = section(row, "eval"), evaluation_key(row, method)
+    start = time.time()
+    images, _ = generate_images(model, tok, reference.labels, row.seed, ev.batch_size, device, f"sample {method}",
+                                **settings)
+    sample_s = time.time() - start
+    if not distributed.is_main():   # every rank has every image; rank 0 scores and writes
+        return record_path(row, method)
+    cost, cost_protocol = speed.sampling_cost(model, tok, row.data.num_classes, ev.batch_size, device,
+                                              ev.throughput_repeats, **settings)
+    metrics = {**score(reference.classifier, images, reference.labels, reference.features, device), **cost}
+    grid = results.save_sample_grid(images, reference.labels, reference.class_names,
+                                    run_dir(row, method) / f"samples-{key}.png", per_class=ev.grid_per_class)
+    shared_grid = Path(row.paths.results) / "grids" / f"{row.preset}_{method}_{key}_seed{row.seed}.png"
     shared_grid.parent.mkdir(parents=True, exist_ok=True)
     shared_grid.write_bytes(grid.read_bytes())
-    record = make_record(cfg, method, metrics, reference, sample_s, model, settings, resolution)
-    return write_records(cfg, method, out, record)
+    record = make_record(row, method, metrics, reference.values, sample_s, model, settings, resolution,
+                         {**reference.protocol, "cost": cost_protocol})
+    return write_records(row, method, run_dir(row, method), record)
 
 
 def record_path(cfg: DictConfig, method: str, key: str | None = None) -> Path:
     """Where the leaderboard's record of this evaluation lives."""
     key = key or evaluation_key(cfg, method)
     return Path(cfg.paths.results) / "records" / f"{cfg.preset}_{method}_{key}_seed{cfg.seed}.json"
+
+
+def evaluation_records(cfg: DictConfig, method: str) -> list[Path]:
+    """The records the evaluate stage writes for this config, one per row (the sweep)."""
+    return [record_path(row, method) for row, _ in sweep_rows(cfg, method)]
 
 
 def write_records(cfg: DictConfig, method: str, out: Path, record: dict) -> Path:
@@ -373,7 +491,7 @@ def write_records(cfg: DictConfig, method: str, out: Path, record: dict) -> Path
 
 
 def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sample_s: float, model: Method,
-                settings: dict | None = None, resolution: int | None = None) -> dict:
+                settings: dict | None = None, resolution: int | None = None, protocol: dict | None = None) -> dict:
     out = run_dir(cfg, method)
     tok_info = json.loads((Path(cfg.paths.cache) / "tokenizers" / tokenizer_key(cfg, method)[1] / "tokenizer.json").read_text())
     train_info = json.loads((out / "train.json").read_text()) if (out / "train.json").exists() else {}
@@ -383,17 +501,19 @@ def make_record(cfg: DictConfig, method: str, metrics: dict, reference: dict, sa
         "train_hash": out.parent.name.split("-")[-1],
         "dataset": cfg.data.name, "resolution": resolution or cfg.data.resolution, "train_resolution": cfg.data.resolution,
         "scales": "-".join(map(str, model.generated_scales(**(settings or {})))),
+        "sampler": results.sampler_text(model.sampler_settings(**(settings or {}))),
         "metrics": metrics, "reference": reference,
-        "tokenizer": {k: tok_info[k] for k in ("name", "kind", "psnr", "scaling_factor", "codebook_usage_pct", "dead_codes")
-                      if k in tok_info},
+        "tokenizer": {"key": tokenizer_key(cfg, method)[1],
+                      **{k: tok_info[k] for k in ("name", "kind", "psnr", "scaling_factor", "codebook_usage_pct",
+                                                  "dead_codes") if k in tok_info}},
         "timings": {"tokenizer_s": tok_info.get("seconds", 0.0), "train_s": train_info.get("seconds", 0.0),
                     "sample_s": sample_s},
         "protocol": {"evaluator": "shapes-classifier", "samples": cfg.eval.samples_per_class * cfg.data.num_classes,
                      "samples_per_class": cfg.eval.samples_per_class, "reference": f"shapes/reference[0:{cfg.eval.reference_size}]",
                      "quantization": "round((x+1)*127.5) to uint8", "seed_scheme": "per global image index",
-                     "sampler": model.sampler_settings(**(settings or {})), "throughput_batch_size": cfg.eval.batch_size,
+                     "sampler": model.sampler_settings(**(settings or {})),
                      "device": str(resolve_device(cfg.device)), "threads": torch.get_num_threads(),
-                     "processes": distributed.world_size()},
+                     "processes": distributed.world_size(), **(protocol or {})},
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "torch_fidelity": torch_fidelity.__version__, "python": platform.python_version()},
         "config": OmegaConf.to_container(cfg, resolve=True),

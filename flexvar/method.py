@@ -86,6 +86,11 @@ class FlexVARMethod(Method):
     def generated_scales(self, **settings) -> list[int]:
         return self.scale_list(self.sampler_settings(**settings)["infer_patch_nums"])
 
+    def nfe(self, **settings) -> int:
+        """One transformer pass per scale of the sampled list on the [cond; uncond] batch (the
+        official sampler doubles it at every cfg, 1 included)."""
+        return 2 * len(self.generated_scales(**settings))
+
     def load_weights(self, state_dict_or_path, ema: bool = True) -> "FlexVARMethod":
         from flexvar import official
         return official.load(self, state_dict_or_path)

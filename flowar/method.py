@@ -62,6 +62,14 @@ class FlowARMethod(Method):
     def generated_scales(self, **settings) -> list[int]:
         return list(self.model.scales)
 
+    def nfe(self, **settings) -> int:
+        """AR steps x Euler steps of the flow head per scale, doubled under guidance (cfg != 1
+        runs the [cond; uncond] batch at every step). Each scale's one transformer pass, which
+        all its flow steps share, is not counted separately."""
+        s = self.sampler_settings(**settings)
+        flow_steps = len(flowar_time_grid(s["num_flow_steps"])) - 1
+        return len(self.model.scales) * flow_steps * (2 if s["cfg"] != 1.0 else 1)
+
     def _offsets(self) -> list[tuple[int, int]]:
         return token_offsets(self.model.scales)
 

@@ -203,7 +203,9 @@ def job_state(job: dict, executor: str) -> tuple[str, str]:
         except Exception as err:   # written by submitit in our own folder; unreadable means half-written
             return FAILED, f"unreadable result file {result}: {err}"
         # A failure's value is the traceback: its last line names the error.
-        return (FINISHED, str(value)) if outcome == "success" else (FAILED, str(value).strip().splitlines()[-1])
+        if outcome == "success":
+            return FINISHED, ", ".join(value) if isinstance(value, list) else str(value)
+        return FAILED, str(value).strip().splitlines()[-1]
     if executor == "slurm":
         out = subprocess.run(["squeue", "-h", "-j", job["job_id"], "-o", "%T|%r"], capture_output=True, text=True)
         if out.returncode == 0 and out.stdout.strip():

@@ -42,9 +42,9 @@ class Job(submitit.helpers.Checkpointable):
         group = next((g for g, s in GROUPS.items() if self.stages[0] in s), self.stages[0])
         return f"{self.cfg.preset}/{self.method}/seed{self.cfg.seed}/{group}"
 
-    def __call__(self) -> str:
-        """Runs the stages in order; returns the last stage's output (the record after
-        `evaluate`) as a string."""
+    def __call__(self) -> list[str]:
+        """Runs the stages in order; returns the last stage's outputs (the records after
+        `evaluate`, one per row) as strings."""
         distributed.setup()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -52,16 +52,16 @@ class Job(submitit.helpers.Checkpointable):
         timings, out = {}, None
         for name in self.stages:
             start = time.time()
-            record = stages.record_path(self.cfg, self.method)
-            if name == "evaluate" and record.exists() and not self.redo_evaluate:   # finished work is not redone
-                out = record
+            records = stages.evaluation_records(self.cfg, self.method) if name == "evaluate" else []
+            if records and all(r.exists() for r in records) and not self.redo_evaluate:   # finished: not redone
+                out = records
             else:
                 out = STAGES[name](self.cfg, self.method)
             timings[name] = time.time() - start
         if distributed.is_main():
             print(f"[{self.name}] done in {sum(timings.values()):.0f}s "
                   + " ".join(f"{k}={v:.0f}s" for k, v in timings.items()), flush=True)
-        return str(out)
+        return [str(o) for o in (out if isinstance(out, list) else [out])]
 
 
 @dataclass

@@ -86,6 +86,11 @@ class Method(nn.Module):
         """The sides of the scales the sampler generates with these settings."""
         raise NotImplementedError
 
+    def nfe(self, **settings) -> int:
+        """Network evaluations per image with these sampler settings; a guided sampler's
+        [conditional; unconditional] batch counts twice (it costs twice)."""
+        raise NotImplementedError
+
     def sampler_settings(self, **overrides) -> dict:
         """The sampler settings in force (recorded with every result), with ``overrides``."""
         settings = {k: getattr(self.cfg, k) for k in self.sampler_keys}

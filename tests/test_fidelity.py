@@ -126,3 +126,24 @@ def test_evaluate_command_scores_a_sample_folder_and_writes_a_record(tmp_path, r
     assert main(["evaluate", "--samples", str(tmp_path / "samples"), "--reference", str(tmp_path / "ref.npz"),
                  "--inception-weights", str(tmp_path / "missing.pth")]) == 2
     assert "do not exist" in capsys.readouterr().err
+
+
+def test_adm_batch_fid_from_its_statistics_precision_recall_from_its_images(random_inception, tmp_path):
+    """The ADM batch holds two references: mu/sigma of the training set (FID) and 10k images
+    (precision/recall, KID). With both, FID must come from the statistics."""
+    from benchmark.datasets.shapes import Shapes
+    from benchmark.stages import to_uint8
+    weights = fidelity.inception_weights(random_inception)
+    images = to_uint8(Shapes(resolution=32, num_classes=4, size=64, seed=0, split="test").render(torch.arange(16))[0])
+    other = to_uint8(Shapes(resolution=32, num_classes=4, size=64, seed=1, split="test").render(torch.arange(16))[0])
+    other_stats = fidelity.inception_statistics(other, weights, batch_size=16)
+    both = fidelity.fidelity_metrics(images, {"images": images, **other_stats}, weights, isc=False, kid=False,
+                                     prc=True, batch_size=16)
+    stats_only = fidelity.fidelity_metrics(images, other_stats, weights, isc=False, kid=False, prc=False, batch_size=16)
+    assert both["frechet_inception_distance"] == pytest.approx(stats_only["frechet_inception_distance"], rel=1e-6)
+    assert both["frechet_inception_distance"] > 1e-3            # against its own images it would be 0
+    assert both["precision"] == pytest.approx(1.0)              # precision/recall: against the images
+    fidelity.write_reference(tmp_path / "ref16.npz", images[:, :, :16, :16])
+    fidelity.write_reference(tmp_path / "samples.npz", images)
+    with pytest.raises(ValueError, match=r"samples are \(32, 32\) px but the reference images are \(16, 16\) px"):
+        fidelity.evaluate_folder(tmp_path / "samples.npz", tmp_path / "ref16.npz", weights, tmp_path / "results")

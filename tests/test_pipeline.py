@@ -24,8 +24,13 @@ def test_run_writes_record_leaderboard_grid_and_config(smoke_run):
     assert sorted(r["method"] for r in records) == ["flowar", "var"]
     for record in records:
         assert record["preset"] == "smoke"
-        for key in ("class_consistency", "classifier_fd", "throughput_img_s", "params_m"):
+        for key in ("class_consistency", "classifier_fd", "classifier_kid", "classifier_precision", "classifier_recall",
+                    "classifier_is", "throughput_img_s", "params_m"):
             assert key in record["metrics"]
+        assert 1 <= record["metrics"]["classifier_is"] <= 4 and record["protocol"]["evaluator"].startswith("torch-fidelity")
+        for key in ("throughput_bs1_img_s", "latency_bs1_ms", "nfe", "gflops_per_image", "peak_memory_mb"):
+            assert record["metrics"][key] > 0, key
+        assert record["protocol"]["cost"]["dtype"] == "fp32" and record["protocol"]["cost"]["device"] == "cpu"
         for key in ("classifier_acc_real", "classifier_acc_recon", "untrained_class_consistency"):
             assert key in record["reference"]
     var = next(r for r in records if r["method"] == "var")
@@ -33,6 +38,9 @@ def test_run_writes_record_leaderboard_grid_and_config(smoke_run):
     assert set(var["protocol"]["sampler"]) == {"cfg", "top_k", "top_p", "more_smooth"}
     board = pd.read_csv(root / "results" / "leaderboard.csv")
     assert sorted(board.method.tolist()) == ["flowar", "var"]
+    tokenizers = pd.read_csv(root / "results" / "tokenizers.csv")
+    assert sorted(tokenizers.tokenizer) == ["kl", "msvq"] and (tokenizers.recon_psnr > 5).all()
+    assert (tokenizers.recon_fd >= 0).all() and sorted(tokenizers.used_by) == ["flowar", "var"]
     for method in ("flowar", "var"):
         assert next((root / "results" / "grids").glob(f"smoke_{method}_*_seed0.png")).stat().st_size > 0
         run_dir = next((root / "runs" / "smoke").glob(f"{method}-*/seed0"))
@@ -97,3 +105,31 @@ def test_sample_rejects_a_checkpoint_of_another_size(smoke_run, tmp_path, capsys
     with pytest.raises(RuntimeError, match="ema.safetensors does not fit"):
         main(["sample", "--preset", "smoke", "--checkpoint", str(ckpt), "--out", str(tmp_path),
               "flowar.encoder_depth=2", *paths])
+
+
+
+def test_sweep_writes_one_row_per_value_and_scores_against_one_reference(smoke_run, monkeypatch):
+    """eval.sweep: each value its own record (its own hash), the other settings as configured;
+    the classifier, reference features and floor are computed once for all rows."""
+    from benchmark import stages
+    from benchmark.config import load_config
+
+    _, paths, _ = smoke_run
+    real_build, built = stages.build_reference, []
+    monkeypatch.setattr(stages, "build_reference", lambda *a, **k: built.append(a[1]) or real_build(*a, **k))
+    cfg = load_config("smoke", [*paths, "eval.sweep.cfg=[1.0,3.0]", "eval.sweep.num_flow_steps=[2]",
+                                "eval.sweep.patch_nums=[[1,2,4]]"])
+    flowar = [json.loads(p.read_text()) for p in stages.evaluate_method(cfg, "flowar")]
+    # as configured (cfg 1.5, 4 flow steps), cfg 1 and 3, 2 flow steps, and another scale list (refused by design)
+    assert len({r["config_hash"] for r in flowar}) == len(flowar) == 5
+    assert flowar[0]["config_hash"] == stages.evaluation_key(load_config("smoke", paths), "flowar")
+    settings = [r["protocol"]["sampler"] for r in flowar[:4]]
+    assert [(s["cfg"], s["num_flow_steps"]) for s in settings] == [(1.5, 4), (1.0, 4), (3.0, 4), (1.5, 2)]
+    assert [r["metrics"]["nfe"] for r in flowar[:4]] == [3 * 4 * 2, 3 * 4, 3 * 4 * 2, 3 * 2 * 2]
+    assert flowar[3]["sampler"].startswith("num_flow_steps=2 cfg=1.5 guidance_low=")
+    assert flowar[4]["note"].startswith("not supported by design") and flowar[4]["metrics"] == {}
+    assert flowar[1]["reference"] == flowar[0]["reference"] and built == ["flowar"]
+    var = [json.loads(p.read_text()) for p in stages.evaluate_method(cfg, "var")]
+    notes = [r.get("note") or "" for r in var]
+    assert len(var) == 5 and sum(n.startswith("not supported by design") for n in notes) == 2
+    assert any("no sampler setting 'num_flow_steps'" in n for n in notes) and built == ["flowar", "var"]

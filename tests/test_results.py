@@ -70,8 +70,8 @@ def test_read_records_reports_bad_files(records_root):
 def test_records_to_frame_dedupes_and_orders(records_root):
     good, _ = results.read_records(records_root)
     df = results.records_to_frame(good)
-    assert list(df.columns[:9]) == ["method", "preset", "dataset", "resolution", "scales", "seed", "config_hash",
-                                    "class_consistency", "classifier_fd"]
+    assert list(df.columns[:10]) == ["method", "preset", "dataset", "resolution", "scales", "sampler", "seed",
+                                     "config_hash", "class_consistency", "classifier_fd"]
     assert {"ref_classifier_acc_real", "tokenizer_s", "train_s"} <= set(df.columns)
     assert df.columns[-1] == "run_dir"
     assert list(zip(df["method"], df["seed"])) == [("flowar", 0), ("flowar", 1), ("var", 0), ("var", 1)]
@@ -92,10 +92,36 @@ def test_rebuild_leaderboard_writes_tables(records_root, tmp_path):
     assert 99.0 not in csv["classifier_fd"].tolist()
 
     md = (out / "leaderboard.md").read_text()
-    assert "| method | preset |" in md and "| flowar | tiny | shapes | 32 |  | 1 |" in md
+    assert "| method | preset |" in md and "| flowar | tiny | shapes | 32 |  |  | 1 |" in md
     assert "0.55 ± 0.071" in md  # flowar class_consistency over seeds
-    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md",
-                                                     "leaderboard_summary.csv"]
+    cost_table = md.split("## Sampling cost")[1].split("## Mean")[0]
+    assert "| throughput_img_s | params_m |" in cost_table and "| 40 | 1.2 |" in cost_table
+    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md", "leaderboard_summary.csv",
+                                                     "tokenizers.csv", "tokenizers.md"]
+
+
+def test_tokenizer_table_one_row_per_tokenizer_and_resolution(tmp_path):
+    def with_tokenizer(method, name, resolution, fd, created):
+        record = make_record(method, 0, 0.5, 10.0, created)
+        record.update(resolution=resolution, tokenizer={"name": name, "kind": "continuous", "key": f"{name}-abc"},
+                      reference={"classifier_fd_recon": fd, "recon_psnr": 25.0, "classifier_acc_recon": 0.9,
+                                 "classifier_acc_real": 0.99},
+                      protocol={"num_reference": 1000})
+        return record
+    records = [with_tokenizer("flowar", "kl", 32, 0.5, "2025-01-01T00:00:00"),
+               with_tokenizer("flowar", "kl", 32, 0.2, "2025-02-01T00:00:00"),   # newer: wins
+               with_tokenizer("mar", "kl", 32, 0.3, "2025-01-15T00:00:00"),      # the same tokenizer, another user
+               with_tokenizer("flowar", "kl", 64, 0.9, "2025-01-01T00:00:00"),
+               with_tokenizer("var", "msvq", 32, 0.6, "2025-01-01T00:00:00"),
+               make_record("var", 1, 0.3, 22.0)]                                 # no tokenizer figures: skipped
+    table = results.tokenizer_table(records)
+    assert list(zip(table.tokenizer, table.resolution)) == [("kl", 32), ("msvq", 32), ("kl", 64)]
+    assert table.loc[0, "recon_fd"] == 0.2 and table.loc[0, "used_by"] == "flowar, mar"
+    assert table.loc[0, "recon_psnr"] == 25.0 and table.loc[0, "num_reference"] == 1000
+    for name, record in enumerate(records):
+        results.write_record(tmp_path / "records" / f"{name}.json", record)
+    results.rebuild_leaderboard(tmp_path / "records", tmp_path)
+    assert "| kl | continuous | tiny | shapes | 32 | 0.2 | 25 |" in (tmp_path / "tokenizers.md").read_text()
 
 
 def test_summary_mean_and_std(records_root, tmp_path):
@@ -140,13 +166,30 @@ def test_sample_grid_pads_missing_cells(tmp_path):
 def test_plots_created(records_root, tmp_path):
     df = results.rebuild_leaderboard(records_root, tmp_path / "lb")
     paths = results.plot_leaderboard(df, tmp_path / "plots")
-    assert sorted(p.name for p in paths) == ["class_consistency.png", "classifier_fd.png",
-                                             "throughput_img_s.png"]
+    assert sorted(p.name for p in paths) == ["class_consistency.png", "classifier_fd.png", "quality_speed_flowar.png",
+                                             "quality_speed_var.png", "throughput_img_s.png"]
     assert all(p.stat().st_size > 0 for p in paths)
 
     single = results.plot_leaderboard(df.iloc[:1].drop(columns="throughput_img_s"), tmp_path / "one")
-    assert [p.name for p in single] == ["class_consistency.png", "classifier_fd.png"]
+    assert [p.name for p in single] == ["class_consistency.png", "classifier_fd.png"]   # no speed: no speed plot
     assert Image.open(single[0]).size[0] > 100
+
+
+def test_sampler_text_is_one_short_cell():
+    settings = {"cfg": 4.0, "top_k": 0, "topk_sides": [1, 2, 4], "infer_patch_nums": [], "max_pn": None, "smooth": False}
+    assert results.sampler_text(settings) == "cfg=4 top_k=0 topk_sides=1-2-4 smooth=False"
+
+
+def test_quality_speed_labels_name_what_differs(tmp_path):
+    rows = pd.DataFrame({"method": "flowar", "dataset": "shapes", "resolution": 32, "scales": "1-2-4-8",
+                         "sampler": ["num_flow_steps=4 cfg=4", "num_flow_steps=8 cfg=4", "num_flow_steps=8 cfg=2"],
+                         "throughput_img_s": [80.0, 40.0, 41.0], "classifier_fd": [12.0, 9.0, 10.0],
+                         "class_consistency": [0.4, 0.5, 0.45]})
+    assert results._setting_labels(rows) == ["num_flow_steps=4 cfg=4", "num_flow_steps=8 cfg=4", "num_flow_steps=8 cfg=2"]
+    assert results._setting_labels(rows.iloc[1:]) == ["cfg=4", "cfg=2"]
+    assert results._setting_labels(rows.iloc[:1]) == ["as configured"]
+    (path,) = results.plot_quality_speed(rows, tmp_path)
+    assert path.name == "quality_speed_flowar.png" and Image.open(path).size[0] > 300
 
 
 def test_loss_curve(tmp_path):

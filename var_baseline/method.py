@@ -46,6 +46,11 @@ class VARMethod(Method):
     def generated_scales(self, **settings) -> list[int]:
         return list(self.model.patch_nums)
 
+    def nfe(self, **settings) -> int:
+        """One transformer pass per scale on the [cond; uncond] batch (the official sampler
+        doubles it at every cfg, 1 included)."""
+        return 2 * len(self.generated_scales(**settings))
+
     def load_weights(self, state_dict_or_path, ema: bool = True) -> "VARMethod":
         """A suite run's ``.safetensors`` or an official checkpoint (``var_d16.pth`` ...); strict."""
         from var_baseline import official

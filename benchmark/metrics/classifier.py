@@ -2,13 +2,15 @@
 
 Inception features know nothing about eight flat shapes on a plain background, so for
 `shapes` the benchmark trains its own classifier once on real renders, caches it on disk and
-reports two metrics with it:
+scores samples with it:
 
 * `class_consistency` — the share of class-conditional samples that the classifier assigns
   to the class they were generated for;
-* `classifier_fd` — the Fréchet distance between Gaussian fits of the classifier's
-  penultimate features on generated and on real images (an FID-like score in *this*
-  classifier's feature space, not Inception FID; values are not comparable with FID).
+* `classifier_fd`, `classifier_kid`, `classifier_precision`, `classifier_recall` and the
+  IS-like `classifier_is` — torch-fidelity's FID / KID / precision-recall / ISC computed on this
+  classifier's penultimate features and logits instead of Inception's (the classifier is
+  registered as a torch-fidelity feature extractor in benchmark/metrics/domain.py). Values
+  are in *this* classifier's feature space, not comparable with Inception FID / IS.
 
 The classifier is trained with heavy blur, resampling, colour and noise augmentation so that it
 judges *shape*: a slightly blurry but correct circle still counts as a circle, and the metrics
@@ -245,28 +247,30 @@ def _atomic_write(path: Path, write) -> None:
             os.remove(tmp)
 
 
-def _load(path: Path, num_classes: int) -> ShapeClassifier:
-    model = ShapeClassifier(num_classes)
+def load_classifier(path: str | Path) -> ShapeClassifier:
+    """A cached classifier (its class count read from the file). A file that cannot be loaded
+    raises a RuntimeError naming it."""
     try:
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+        model = ShapeClassifier(state["head.weight"].shape[0])
+        model.load_state_dict(state)
     except Exception as e:  # safetensors header errors, truncation, wrong keys or shapes
         raise RuntimeError(f"The cached shapes classifier '{path}' is corrupt or incompatible ({e}). "
                            f"Delete it and run again to retrain it.") from e
     return model.eval()
 
 
-def load_or_train_classifier(dataset: Shapes, cache_dir: str | Path, steps: int = 600, batch_size: int = 128,
-                             lr: float = 5e-3, seed: int = 0, progress: bool = True,
-                             eval_images: int = 2000) -> ShapeClassifier:
-    """Load the classifier for this dataset and recipe from `cache_dir`, training it first
-    if absent. A cache file that cannot be loaded raises a RuntimeError naming it (it is
-    never silently overwritten); the JSON sidecar records the config and the accuracy on
-    `eval_images` real "test"-split images."""
+def classifier_weights(dataset: Shapes, cache_dir: str | Path, steps: int = 600, batch_size: int = 128,
+                       lr: float = 5e-3, seed: int = 0, progress: bool = True, eval_images: int = 2000) -> Path:
+    """The cached weights file of the classifier for this dataset and recipe in `cache_dir`,
+    trained first if absent (the JSON sidecar records the config and the accuracy on
+    `eval_images` real "test"-split images). This file is what the torch-fidelity extractor
+    (benchmark/metrics/domain.py) loads."""
     config = classifier_config(dataset, steps, batch_size, lr, seed)
     cache_dir = Path(cache_dir)
     weights, sidecar = _cache_paths(cache_dir, config)
     if weights.exists():
-        return _load(weights, dataset.num_classes)
+        return weights
     cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model = train_classifier(dataset, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
@@ -275,7 +279,15 @@ def load_or_train_classifier(dataset: Shapes, cache_dir: str | Path, steps: int 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"config": json.dumps(config)}))
     _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
-    return model
+    return weights
+
+
+def load_or_train_classifier(dataset: Shapes, cache_dir: str | Path, steps: int = 600, batch_size: int = 128,
+                             lr: float = 5e-3, seed: int = 0, progress: bool = True,
+                             eval_images: int = 2000) -> ShapeClassifier:
+    """The classifier of `classifier_weights` (trained first if absent), loaded. A cache file
+    that cannot be loaded raises a RuntimeError naming it (it is never silently overwritten)."""
+    return load_classifier(classifier_weights(dataset, cache_dir, steps, batch_size, lr, seed, progress, eval_images))
 
 
 # --------------------------------------------------------------------------- metrics

@@ -18,6 +18,7 @@ need around it:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -155,24 +156,26 @@ def inception_statistics(images: torch.Tensor, weights: Path, batch_size: int = 
 def fidelity_metrics(samples: torch.Tensor, reference: dict, weights: Path, isc: bool = True, fid: bool = True,
                      kid: bool = True, prc: bool = True, batch_size: int = 50, device: str = "cpu") -> dict:
     """torch-fidelity's IS (10 splits), FID, KID and precision/recall of uint8 ``samples``
-    against ``reference`` (``read_reference``'s dict). With statistics only, FID comes from
-    them and KID / precision-recall are refused (they need the reference images)."""
+    against ``reference`` (``read_reference``'s dict). FID is taken against the reference
+    statistics where it has them (the ADM batch: mu/sigma of the whole training set), else
+    against its images; KID and precision/recall need the images (the ADM batch's 10k) and are
+    refused with statistics only."""
     import torch_fidelity
-    has_images = "images" in reference
+    has_images, has_stats = "images" in reference, "mu" in reference
     if (kid or prc) and not has_images:
         raise ValueError("KID and precision/recall need the reference images (the ADM batch's arr_0), not only "
                          "mu/sigma; give a reference with images or pass kid=False, prc=False")
     common = dict(cuda=device == "cuda", batch_size=batch_size, verbose=False, feature_extractor=FEATURE_EXTRACTOR,
                   feature_extractor_weights_path=str(weights), save_cpu_ram=True)
     out = {}
-    if has_images and (fid or kid or prc):
+    if has_images and (kid or prc or (fid and not has_stats)):
         n = min(len(samples), len(reference["images"]))
         out.update(torch_fidelity.calculate_metrics(input1=UInt8Images(samples), input2=UInt8Images(reference["images"]),
-                                                    isc=isc, fid=fid, kid=kid, prc=prc, kid_subset_size=min(1000, n),
-                                                    **common))
+                                                    isc=isc, fid=fid and not has_stats, kid=kid, prc=prc,
+                                                    kid_subset_size=min(1000, n), **common))
     elif isc:
         out.update(torch_fidelity.calculate_metrics(input1=UInt8Images(samples), isc=True, **common))
-    if fid and not has_images:
+    if fid and has_stats:
         out["frechet_inception_distance"] = frechet_distance(inception_statistics(samples, weights, batch_size, device),
                                                              reference)
     return {k: float(v) for k, v in out.items()}
@@ -193,6 +196,8 @@ def read_images(path: str | Path) -> torch.Tensor:
     files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg") and ".tmp." not in p.name)
     if not files:
         raise FileNotFoundError(f"no images in {path} (expected an .npz with arr_0, or a folder of .png files)")
+    if any(f.suffix.lower() != ".png" for f in files):
+        warnings.warn(f"{folder} holds JPEG files: lossy compression shifts FID; the protocol is PNG", stacklevel=2)
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     if len({a.shape for a in arrays}) != 1:
         raise ValueError(f"{folder}: images of different sizes {sorted({a.shape for a in arrays})[:3]}")
@@ -215,6 +220,9 @@ def evaluate_folder(samples: str | Path, reference: str | Path, weights: Path, r
     images = read_images(samples)
     ref = read_reference(reference) if reference.suffix == ".npz" else {"images": read_images(reference)}
     has_images = "images" in ref
+    if has_images and ref["images"].shape[-2:] != images.shape[-2:]:   # torch-fidelity would resize both silently
+        raise ValueError(f"samples are {tuple(images.shape[-2:])} px but the reference images are "
+                         f"{tuple(ref['images'].shape[-2:])} px; use the reference batch of the samples' resolution")
     wanted = {m: m in metrics and (has_images or m in ("isc", "fid")) for m in ("isc", "fid", "kid", "prc")}
     values = fidelity_metrics(images, ref, weights, batch_size=batch_size, device=device, **wanted)
     manifest_path = (samples if samples.is_dir() else samples.parent) / "manifest.json"
@@ -228,7 +236,9 @@ def evaluate_folder(samples: str | Path, reference: str | Path, weights: Path, r
                      "inception_weights": str(weights),
                      "inception_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
                      "samples": str(samples), "num_samples": len(images), "reference": str(reference),
-                     "reference_kind": "images" if has_images else "statistics (mu, sigma)",
+                     "reference_kind": " + ".join(k for k, present in (("images", has_images),
+                                                                      ("statistics (mu, sigma)", "mu" in ref)) if present),
+                     "fid_against": "statistics (mu, sigma)" if "mu" in ref else "images",
                      "num_reference": len(ref["images"]) if has_images else None, "resize": "torch-fidelity (bilinear, TF-compatible)",
                      "isc_splits": 10, "sampler": manifest.get("sampler"), "quantization": manifest.get("quantization")},
         "created": datetime.now(timezone.utc).isoformat(),
