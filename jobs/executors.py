@@ -99,7 +99,7 @@ def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print, sav
     the cores). A job whose dependency failed is skipped (and says so). ``save(record)`` is
     called as jobs start and end, so that `status` sees a sweep under way."""
     executor = submitit.LocalExecutor(folder=folder / "logs" / "%j", max_num_timeout=cfg.jobs.max_requeue)
-    executor.update_parameters(timeout_min=cfg.jobs.timeout_min)
+    executor.update_parameters(timeout_min=cfg.jobs.timeout_min, **local_resources(cfg))
     record, failed = {"groups": []}, set()
     for group in groups:
         submitted = []
@@ -136,6 +136,21 @@ def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print, sav
                                              skipped=[j.name for j in group.jobs if j not in runnable]))
         save(record)
     return record
+
+
+def local_resources(cfg: DictConfig) -> dict:
+    """The GPUs and tasks of a local job. submitit hides every GPU from a local job unless
+    asked (CUDA_VISIBLE_DEVICES=""): give it ``jobs.gpus_per_node`` GPUs (one by default when
+    the run uses CUDA), one task per GPU, or ``jobs.tasks_per_node`` CPU tasks (gloo DDP)."""
+    import torch
+    params = {"tasks_per_node": cfg.jobs.tasks_per_node or 1}
+    if cfg.device != "cpu" and torch.cuda.is_available():
+        gpus = min(cfg.jobs.gpus_per_node or 1, torch.cuda.device_count())
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")   # keep the parent's choice of GPUs
+        if visible:
+            params["visible_gpus"] = [int(g) for g in visible.split(",") if g.strip().isdigit()]
+        params.update(gpus_per_node=gpus, tasks_per_node=cfg.jobs.tasks_per_node or gpus)
+    return params
 
 
 _offsets: dict[Path, int] = {}

@@ -89,3 +89,19 @@ def test_concurrent_record_writers_lose_nothing(tmp_path):
     assert not list(root.glob(".*.tmp"))
     assert set(results.records_to_frame(records).method) == {f"m{w}" for w in range(8)}
     assert json.loads((root / "shared.json").read_text())["method"] in {f"m{w}" for w in range(8)}
+
+
+def test_local_jobs_see_the_gpus_the_run_uses(monkeypatch):
+    """submitit hides every GPU from a local job unless asked: a CUDA run gets one GPU (or
+    jobs.gpus_per_node, one task each); a CPU run none."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert executors.local_resources(load_config("smoke", ["device=cuda"])) == {"gpus_per_node": 1, "tasks_per_node": 1}
+    assert executors.local_resources(load_config("smoke", ["device=auto", "jobs.gpus_per_node=2"])) == \
+        {"gpus_per_node": 2, "tasks_per_node": 2}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert executors.local_resources(load_config("smoke", ["device=cuda"]))["visible_gpus"] == [2, 3]
+    assert executors.local_resources(load_config("smoke", ["device=cpu", "jobs.tasks_per_node=2"])) == \
+        {"tasks_per_node": 2}
