@@ -54,10 +54,22 @@ def parser() -> argparse.ArgumentParser:
     smp.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     _common(smp)
     sub.add_parser("list", help="list registered methods, tokenizers, datasets and presets")
-    ev = sub.add_parser("evaluate", help="FID / IS / KID / precision-recall (torch-fidelity) of a sample folder or "
-                                         ".npz against a reference (ADM .npz or folder); writes a record")
-    ev.add_argument("--samples", required=True, help="folder of PNGs (e.g. `sample --out`) or an .npz with arr_0")
-    ev.add_argument("--reference", required=True, help="ADM reference batch .npz (arr_0 and/or mu, sigma) or a folder")
+    ev = sub.add_parser("evaluate", help="score samples, a run directory or a checkpoint: FID / IS / KID / "
+                                         "precision-recall (torch-fidelity) against a reference, or the shapes "
+                                         "domain metrics of a run; writes a record")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--samples", help="folder of PNGs (e.g. `sample --out`) or an .npz with arr_0")
+    what.add_argument("--run", help="a run directory (runs/<preset>/<method>-<hash>/seed<N>): its config and weights; "
+                                    "on shapes without --reference, the domain evaluation of the run stage")
+    what.add_argument("--checkpoint", help="a suite or official checkpoint (with --method and --preset); sampled to "
+                                           "--out, then scored against --reference")
+    ev.add_argument("--reference", default=None, help="ADM reference batch .npz (arr_0 and/or mu, sigma), a folder, "
+                                                      "or `dataset`: the config's data, held-out split, eval.reference_size "
+                                                      "images at the evaluation resolution (cached as an npz)")
+    ev.add_argument("--method", default=None, help="with --checkpoint: the method it belongs to")
+    ev.add_argument("--preset", default="tiny", help="with --checkpoint: the config preset it was trained with")
+    ev.add_argument("--out", default=None, help="with --run / --checkpoint: where the samples go (resumable)")
+    ev.add_argument("overrides", nargs="*", help="config overrides for --run / --checkpoint, e.g. eval.samples_per_class=50")
     ev.add_argument("--inception-weights", default=None, help="local Inception weights (else cache / download)")
     ev.add_argument("--metrics", nargs="+", default=["isc", "fid", "kid", "prc"], choices=["isc", "fid", "kid", "prc"])
     ev.add_argument("--results", default="results")
@@ -209,19 +221,79 @@ def cmd_sample(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import json
+    """Samples, a run directory or a checkpoint; the Inception weights are found before any work."""
     from benchmark.metrics.fidelity import MissingWeightsError, evaluate_folder, inception_weights
     from benchmark.stages import resolve_device
+    if args.checkpoint and not (args.method and args.reference):
+        raise ConfigError("--checkpoint needs --method (the method it belongs to) and --reference (what to score against)")
+    if args.samples and not args.reference:
+        raise ConfigError("--samples needs --reference (an ADM .npz, a folder of images, or `dataset`)")
+    cfg = method = None
+    if args.run:
+        cfg, method = run_config(Path(args.run), args.overrides)
+        if not args.reference:   # the domain evaluation, exactly as the run's evaluate stage
+            if cfg.data.name != "shapes":
+                raise ConfigError(f"{args.run} trained on {cfg.data.name}: pass --reference (an ADM .npz or a folder)")
+            from benchmark.stages import evaluate_method
+            for record in evaluate_method(cfg, method):
+                print(f"record: {record}")
+            return 0
     try:   # before any work: the weights, then the inputs
         weights = inception_weights(args.inception_weights)
     except (MissingWeightsError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = evaluate_folder(args.samples, args.reference, weights, args.results, tuple(args.metrics), args.batch_size,
+    if args.reference == "dataset":
+        cfg = cfg or load_config(args.preset, args.overrides)
+        args.reference = str(dataset_reference(cfg))
+    samples = args.samples
+    if not samples:
+        from benchmark.sample import sample_to_folder
+        if args.checkpoint:
+            lookup(METHODS, args.method)
+            cfg, method, checkpoint = load_config(args.preset, args.overrides), args.method, args.checkpoint
+            out = Path(args.out or Path(cfg.paths.runs) / "samples" / Path(checkpoint).stem)
+        else:
+            checkpoint = Path(args.run) / f"{cfg.eval.weights}.safetensors"
+            out = Path(args.out or Path(args.run) / "samples")
+        sample_to_folder(cfg, method, checkpoint, out, cfg.data.num_classes, ema=cfg.eval.weights == "ema")
+        samples = out
+    out = evaluate_folder(samples, args.reference, weights, args.results, tuple(args.metrics), args.batch_size,
                           resolve_device(args.device).type)
     print(json.dumps(json.loads(out.read_text())["metrics"], indent=2))
     print(f"record: {out}")
     return 0
+
+
+def dataset_reference(cfg) -> Path:
+    """The config's dataset as a reference batch (ADM layout): ``eval.reference_size`` held-out
+    images (shapes: its reference split; an image folder: val/, centre-cropped) at the
+    evaluation resolution, written once to the cache."""
+    import numpy as np
+    import torch
+    from benchmark.metrics.fidelity import write_reference
+    from benchmark.stages import build_dataset, to_uint8
+    resolution = cfg.eval.resolution or cfg.data.resolution
+    data = build_dataset(cfg, "reference", resolution=resolution)
+    n = min(cfg.eval.reference_size, len(data))
+    name = f"{cfg.data.name}-{cfg.data.variant if cfg.data.name == 'shapes' else Path(cfg.data.root).name}"
+    path = Path(cfg.paths.cache) / "references" / f"{name}-{resolution}px-{n}.npz"
+    if not path.exists():
+        images = torch.cat([data.render(np.arange(i, min(i + 256, n)))[0] for i in range(0, n, 256)])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_reference(path.with_suffix(".tmp.npz"), to_uint8(images)).replace(path)   # never a half-written cache
+    print(f"reference: {path} ({n} images of {cfg.data.name} at {resolution} px)")
+    return path
+
+
+def run_config(run: Path, overrides: list[str]):
+    """The config and method of a run directory (its config.yaml, as the run wrote it)."""
+    from benchmark.config import load_saved
+    if not (run / "config.yaml").exists():
+        raise ConfigError(f"{run} has no config.yaml: pass a run directory such as runs/tiny/var-<hash>/seed0")
+    method = run.parent.name.rsplit("-", 1)[0]
+    lookup(METHODS, method)
+    return load_saved(run / "config.yaml", overrides), method
 
 
 def cmd_prefetch(args) -> int:

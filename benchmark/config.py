@@ -268,10 +268,26 @@ def load_config(preset: str = "tiny", overrides: list[str] | None = None, cluste
         if cluster:
             cfg = OmegaConf.merge(cfg, OmegaConf.load(cluster_path(cluster)))
         cfg.preset = preset
-        for item in overrides or []:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=500)")
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        cfg = apply_overrides(cfg, overrides)
+    except OmegaConfBaseException as err:
+        raise _explain(err, base) from None
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str] | None) -> DictConfig:
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=500)")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+    return cfg
+
+
+def load_saved(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """A config a run saved (its config.yaml) <- overrides, validated against today's schema."""
+    base = schema()
+    try:
+        cfg = apply_overrides(OmegaConf.merge(base, OmegaConf.load(path)), overrides)
     except OmegaConfBaseException as err:
         raise _explain(err, base) from None
     validate(cfg)

@@ -52,7 +52,11 @@ def test_missing_weights_fail_with_one_clear_message(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def random_inception(tmp_path_factory, request):
+def random_inception(tmp_path_factory):
+    return random_inception_file(tmp_path_factory.mktemp("inception"))
+
+
+def random_inception_file(folder):
     """An Inception-v3 weights file of the right architecture with random weights."""
     from torch_fidelity import feature_extractor_inceptionv3 as fe
     mp = pytest.MonkeyPatch()
@@ -64,7 +68,8 @@ def random_inception(tmp_path_factory, request):
     for m in model.modules():   # He init: PyTorch's default shrinks activations ~3x a layer, to 0 at the pool
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("inception") / fidelity.INCEPTION_FILE
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / fidelity.INCEPTION_FILE
     torch.save(model.state_dict(), path)
     return path
 

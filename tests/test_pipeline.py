@@ -133,3 +133,42 @@ def test_sweep_writes_one_row_per_value_and_scores_against_one_reference(smoke_r
     notes = [r.get("note") or "" for r in var]
     assert len(var) == 5 and sum(n.startswith("not supported by design") for n in notes) == 2
     assert any("no sampler setting 'num_flow_steps'" in n for n in notes) and built == ["flowar", "var"]
+
+
+def test_evaluate_a_run_directory_and_a_checkpoint(smoke_run, tmp_path, capsys):
+    """`evaluate --run DIR`: on shapes, the run stage's own domain evaluation (the same record);
+    with --reference, its samples scored by torch-fidelity; `--checkpoint` likewise."""
+    import numpy as np
+    from benchmark.metrics import fidelity
+    from benchmark.config import load_config
+    from benchmark.stages import build_dataset, record_path, to_uint8
+    from test_fidelity import random_inception_file
+
+    root, paths, _ = smoke_run
+    run = next((root / "runs" / "smoke").glob("var-*/seed0"))
+    record = record_path(load_config("smoke", paths), "var")
+    before = json.loads(record.read_text())["metrics"]["class_consistency"]
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert f"record: {record}" in capsys.readouterr().out
+    assert json.loads(record.read_text())["metrics"]["class_consistency"] == before   # same samples, same score
+
+    weights = random_inception_file(tmp_path / "inception")
+    real, _ = build_dataset(load_config("smoke", paths), "reference").render(np.arange(16))
+    fidelity.write_reference(tmp_path / "ref.npz", to_uint8(real))
+    common = ["--reference", str(tmp_path / "ref.npz"), "--inception-weights", str(weights), "--metrics", "fid",
+              "--results", str(tmp_path / "results"), "--batch-size", "16"]
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "run_samples"), *common]) == 0
+    assert main(["evaluate", "--checkpoint", str(run / "ema.safetensors"), "--method", "var", "--preset", "smoke",
+                 "--out", str(tmp_path / "ckpt_samples"), *common, *paths]) == 0
+    a, b = (np.load(tmp_path / d / "samples.npz")["arr_0"] for d in ("run_samples", "ckpt_samples"))
+    assert a.shape == (16, 16, 16, 3) and np.array_equal(a, b)   # one config and checkpoint, one set of images
+    fids = [json.loads(p.read_text())["metrics"]["frechet_inception_distance"]
+            for p in (tmp_path / "results" / "records").glob("fidelity_*.json")]
+    assert len(fids) == 2 and fids[0] == pytest.approx(fids[1]) and fids[0] > 0
+    assert main(["evaluate", "--checkpoint", str(run / "ema.safetensors"), *common]) == 2
+    assert "--checkpoint needs --method" in capsys.readouterr().err
+    # The dataset itself as the reference: the same held-out images, rendered and cached by the suite.
+    assert main(["evaluate", "--samples", str(tmp_path / "run_samples"), "--reference", "dataset", "--preset", "smoke",
+                 *common[2:], "eval.reference_size=16", *paths]) == 0
+    cached = root / "cache" / "references" / "shapes-easy-16px-16.npz"
+    assert np.array_equal(np.load(cached)["arr_0"], np.load(tmp_path / "ref.npz")["arr_0"])
