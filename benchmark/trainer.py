@@ -158,7 +158,8 @@ class Trainer:
         with self.autocast():
             loss = self.objective(self.step, generator)
         # One collective per step: the global-batch loss, and whether any rank holds a signal.
-        mean_loss, self.signalled = self.reduce(loss.item(), self.held is not None)
+        mean_loss, signalled_share = distributed.all_mean([loss.item(), float(self.held is not None)])
+        self.signalled = signalled_share > 0
         if not math.isfinite(mean_loss):
             kept = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() \
                 else "no checkpoint was written yet"
@@ -172,14 +173,6 @@ class Trainer:
         self.update_ema()
         self.step += 1
         return mean_loss
-
-    @staticmethod
-    def reduce(loss: float, signalled: bool) -> tuple[float, bool]:
-        if not distributed.is_distributed():
-            return loss, signalled
-        both = torch.tensor([loss, float(signalled)], dtype=torch.float64, device=distributed._collective_device())
-        torch.distributed.all_reduce(both)
-        return float(both[0]) / distributed.world_size(), bool(both[1] > 0)
 
     @contextmanager
     def holding_signals(self):
@@ -250,6 +243,9 @@ class Trainer:
                     self.save()
             bar.close()
             self.save()
+            if self.held is not None:   # it came during the last step: the checkpoint above is the final one
+                signum, self.held = self.held, None
+                self.deliver(signum)
         if distributed.is_main():
             (self.run_dir / "history.json").write_text(json.dumps({"history": self.history,
                                                                    "seconds_this_session": time.time() - start}))

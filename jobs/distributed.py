@@ -42,11 +42,6 @@ def _env_from_submitit() -> None:
     os.environ.setdefault("MASTER_PORT", str(20000 + zlib.crc32(str(env.job_id).encode()) % 20000))
 
 
-def teardown() -> None:
-    if is_distributed():
-        dist.destroy_process_group()
-
-
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -96,22 +91,14 @@ def shard(items, total: int | None = None):
     return items[r * per:min((r + 1) * per, n)]
 
 
-def mean(value: float) -> float:
-    """The mean of a per-rank scalar over all ranks (the global-batch loss for logging)."""
+def all_mean(values: list[float]) -> list[float]:
+    """Each value's mean over the ranks, in one collective (the global-batch loss; the share of
+    ranks that hold a signal)."""
     if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
-    return float(t.item()) / world_size()
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank if ``flag`` is true on any (e.g. a preemption signal seen by one)."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor([float(flag)], device=_collective_device())
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+    return (t / world_size()).tolist()
 
 
 def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
@@ -123,5 +110,5 @@ def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _collective_device() -> torch.device:
+def collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -106,3 +106,26 @@ def test_signal_mid_step_checkpoints_at_that_step_then_resumes(tmp_path):
     model, loss = regression(seed=7)
     resumed = Trainer(model, loss, CFG, tmp_path / "b").fit()
     assert [l for _, l in resumed] == pytest.approx([l for _, l in straight], rel=1e-6)
+
+
+def test_signal_in_the_last_step_is_not_lost(tmp_path):
+    """A signal during the last backward pass: handed on after the final checkpoint."""
+    import signal
+    model, loss = regression()
+
+    def requeue(signum, frame):
+        raise Preempted
+
+    def signalled_in_last_step(step, g):
+        value = loss(step, g)
+        if step == CFG.steps - 1:   # during the backward pass, after the step's collective
+            value.register_hook(lambda grad: signal.raise_signal(signal.SIGUSR2))
+        return value
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises(Preempted):
+            Trainer(model, signalled_in_last_step, CFG, tmp_path).fit()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert torch.load(tmp_path / "checkpoint-last.pt", weights_only=True)["step"] == CFG.steps
