@@ -475,9 +475,14 @@ def record_path(cfg: DictConfig, method: str, key: str | None = None) -> Path:
     return Path(cfg.paths.results) / "records" / f"{cfg.preset}_{method}_{key}_seed{cfg.seed}.json"
 
 
-def evaluation_records(cfg: DictConfig, method: str) -> list[Path]:
-    """The records the evaluate stage writes for this config, one per row (the sweep)."""
-    return [record_path(row, method) for row, _ in sweep_rows(cfg, method)]
+def finished_evaluation(cfg: DictConfig, method: str) -> list[Path] | None:
+    """The leaderboard records of this config's evaluation (one per sweep row) if it ran here
+    on these weights: each row's copy in the run directory (not in git, so checked-in
+    results never stand in for a fresh run) and in results/records. None if any is missing."""
+    rows = [row for row, _ in sweep_rows(cfg, method)]
+    local = [run_dir(row, method) / f"record-{evaluation_key(row, method)}.json" for row in rows]
+    shared = [record_path(row, method) for row in rows]
+    return shared if all(p.exists() for p in local + shared) else None
 
 
 def write_records(cfg: DictConfig, method: str, out: Path, record: dict) -> Path:

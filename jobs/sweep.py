@@ -52,9 +52,9 @@ class Job(submitit.helpers.Checkpointable):
         timings, out = {}, None
         for name in self.stages:
             start = time.time()
-            records = stages.evaluation_records(self.cfg, self.method) if name == "evaluate" else []
-            if records and all(r.exists() for r in records) and not self.redo_evaluate:   # finished: not redone
-                out = records
+            done = stages.finished_evaluation(self.cfg, self.method) if name == "evaluate" else None
+            if done and not self.redo_evaluate:   # finished work is not redone
+                out = done
             else:
                 out = STAGES[name](self.cfg, self.method)
             timings[name] = time.time() - start

@@ -172,3 +172,19 @@ def test_evaluate_a_run_directory_and_a_checkpoint(smoke_run, tmp_path, capsys):
                  *common[2:], "eval.reference_size=16", *paths]) == 0
     cached = root / "cache" / "references" / "shapes-easy-16px-16.npz"
     assert np.array_equal(np.load(cached)["arr_0"], np.load(tmp_path / "ref.npz")["arr_0"])
+
+
+def test_finished_evaluations_are_skipped_but_checked_in_records_are_not_enough(smoke_run):
+    """A rerun skips an evaluation done here; a fresh clone has results/records from git but no
+    run-directory copy, so its own evaluation runs."""
+    from benchmark.config import load_config
+    from benchmark.stages import evaluation_key, record_path, run_dir
+
+    root, paths, _ = smoke_run
+    cfg = load_config("smoke", paths)
+    record, local = record_path(cfg, "var"), run_dir(cfg, "var") / f"record-{evaluation_key(cfg, 'var')}.json"
+    args = ["run", "--methods", "var", "--preset", "smoke", "--executor", "inline", *paths]
+    stamp = record.stat().st_mtime_ns
+    assert main(args) == 0 and record.stat().st_mtime_ns == stamp   # done here: skipped
+    local.unlink()   # what a fresh clone looks like
+    assert main(args) == 0 and local.exists() and record.stat().st_mtime_ns != stamp
