@@ -269,26 +269,19 @@ def generate_batch(model: Method, tok, labels: torch.Tensor, indices, seed: int,
 
 @torch.no_grad()
 def generate_images(model: Method, tok, labels: torch.Tensor, seed: int, batch_size: int,
-                    device: torch.device, desc: str = "sample", **settings) -> tuple[torch.Tensor, float]:
-    """Images in [-1, 1] for ``labels`` (image i seeded by its index) and the sampling
-    throughput in images/s (tokens + decoding; the first batch is a warm-up, not timed).
-    Distributed: each rank draws a contiguous part of the indices; all get every image."""
+                    device: torch.device, desc: str = "sample", **settings) -> torch.Tensor:
+    """Images in [-1, 1] for ``labels``, image i seeded by its index (timing is
+    ``benchmark.speed.sampling_cost``'s job). Distributed: each rank draws a contiguous part of
+    the indices; all get every image."""
     from tqdm.auto import tqdm
     model.eval()
-    out, timed, seconds = [], 0, 0.0
     mine = distributed.shard(range(len(labels)), total=len(labels))
-    starts = range(mine.start, mine.stop, batch_size)
-    for b, start in enumerate(tqdm(starts, desc=desc, dynamic_ncols=True, disable=not distributed.is_main())):
+    out = []
+    for start in tqdm(range(mine.start, mine.stop, batch_size), desc=desc, dynamic_ncols=True,
+                      disable=not distributed.is_main()):
         idx = range(start, min(start + batch_size, mine.stop))
-        t0 = time.perf_counter()
-        images = generate_batch(model, tok, labels[start:idx.stop], idx, seed, device, **settings)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if b > 0 or len(starts) == 1:
-            timed, seconds = timed + len(idx), seconds + time.perf_counter() - t0
-        out.append(images.cpu())
-    mine_images = torch.cat(out) if out else torch.empty(0)
-    return distributed.gather_cat(mine_images), timed / max(seconds, 1e-9)
+        out.append(generate_batch(model, tok, labels[idx.start:idx.stop], idx, seed, device, **settings).cpu())
+    return distributed.gather_cat(torch.cat(out) if out else torch.empty(0))
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -436,7 +429,7 @@ def build_reference(cfg: DictConfig, method: str, tok, resolution: int, device: 
     if ev.floor:
         torch.manual_seed(cfg.seed)
         untrained = build_method(cfg, method, tok).to(device)
-        images, _ = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained",
+        images = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained",
                                     **settings)
         floor = score(classifier, images, labels, real_feats, device)
         values.update({f"untrained_{k}": floor[k] for k in (domain.KEY_CLASS_CONSISTENCY, domain.KEY_FD)})
@@ -451,7 +444,7 @@ def evaluate_row(row: DictConfig, method: str, model: Method, tok, reference: Re
     from benchmark import speed   # here: benchmark.speed imports this module
     ev, key = section(row, "eval"), evaluation_key(row, method)
     start = time.time()
-    images, _ = generate_images(model, tok, reference.labels, row.seed, ev.batch_size, device, f"sample {method}",
+    images = generate_images(model, tok, reference.labels, row.seed, ev.batch_size, device, f"sample {method}",
                                 **settings)
     sample_s = time.time() - start
     if not distributed.is_main():   # every rank has every image; rank 0 scores and writes
