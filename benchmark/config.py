@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -22,30 +23,13 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from methods.registry import DATASETS, METHODS, TOKENIZERS, load_builtins, lookup, names
+from benchmark.datasets.base import DATASETS
+from benchmark.presets import cluster_path, preset_name, preset_path
+from methods.config import ConfigError, check_choice, check_positive, check_range, check_scale_list
+from methods.plugins import PluginImportError, import_plugins
+from methods.registry import METHODS, TOKENIZERS, lookup, names
 
-PRESET_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A bad config key or value; the message names the key and what is allowed."""
-
-
-def check_choice(key: str, value: Any, allowed) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
-
-
-def check_positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{key}={value!r} is out of range; it must be {bound}")
-
-
-def check_range(key: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{key}={value!r} is out of range; it must be in [{low}, {high}]")
+__all__ = ["ConfigError", "RunConfig", "TrainConfig", "load_config", "load_saved", "validate", "section", "config_hash"]
 
 
 @dataclass
@@ -120,20 +104,13 @@ class EvalConfig:
         check_choice(f"{key}.weights", self.weights, ["ema", "model"])
         if self.resolution:
             check_choice(f"{key}.resolution", self.resolution, [16, 32, 48, 64, 96, 128, 256, 384, 512, 1024])
-        check_scale_list(f"{key}.patch_nums", self.patch_nums)
+        check_scale_list(f"{key}.patch_nums", self.patch_nums, allow_empty=True)
         for name, values in vars(getattr(self, "sweep", None) or object()).items():
             for value in values:
                 if name == "patch_nums":
                     check_scale_list(f"{key}.sweep.patch_nums", value)
                 elif value is None:
                     raise ConfigError(f"{key}.sweep.{name} has an empty value (null); give values, e.g. [1, 2]")
-
-
-def check_scale_list(key: str, pn: Any) -> None:
-    if not isinstance(pn, list) or not all(isinstance(p, int) for p in pn):
-        raise ConfigError(f"{key}={pn!r}: a scale list is a list of sides, e.g. [1, 2, 3, 4, 6, 8]")
-    if pn and (pn[0] != 1 or any(b <= a for a, b in zip(pn, pn[1:]))):
-        raise ConfigError(f"{key}={pn}: a scale list starts at 1 and increases, e.g. [1, 2, 3, 4, 6, 8]")
 
 
 @dataclass
@@ -178,6 +155,9 @@ class JobsConfig:
 @dataclass
 class RunConfig:
     preset: str = "tiny"
+    # Modules to import before the config is read: they register plug-in methods, tokenizers or
+    # datasets from outside the suite (methods/plugins.py), e.g. custom_imports=[mypackage.method].
+    custom_imports: List[str] = field(default_factory=list)
     seed: int = 0
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     threads: int = 0               # torch CPU threads; 0 = torch's default
@@ -195,15 +175,13 @@ class RunConfig:
 
 def sweep_keys() -> list[str]:
     """What ``eval.sweep`` may vary: every registered method's sampler settings and the scale list."""
-    load_builtins()
-    return sorted({"patch_nums", *(k for name in names(METHODS) for k in lookup(METHODS, name).sampler_keys)})
+    return sorted({"patch_nums", *(k for name in names(METHODS) for k in lookup(METHODS, name).sampler_keys())})
 
 
 def schema() -> DictConfig:
     """The full schema: the run sections plus one section per registered tokenizer and method
     (named after it, typed by its ``Config`` dataclass), and ``eval.sweep`` with one list per
     sweepable setting (so an unknown sweep key fails like any unknown key)."""
-    load_builtins()
     sweep = make_dataclass("SweepConfig", [(k, List[Any], field(default_factory=list)) for k in sweep_keys()])
     evaluation = make_dataclass("FullEvalConfig", [("sweep", sweep, field(default_factory=sweep))], bases=(EvalConfig,))
     extra = [(name, lookup(registry, name).Config, field(default_factory=lookup(registry, name).Config))
@@ -216,19 +194,41 @@ def schema() -> DictConfig:
     return cfg
 
 
-# The official model names, as aliases of the ImageNet presets.
-PRESET_ALIASES = {"flowar_small": "imagenet256_flowar_s", "flowar_large": "imagenet256_flowar_l",
-                  "flowar_huge": "imagenet256_flowar_h",
-                  **{f"var_d{d}": f"imagenet256_var_d{d}" for d in (16, 20, 24, 30)},
-                  **{f"flexvar_d{d}": f"imagenet256_flexvar_d{d}" for d in (16, 20, 24)}}
+def renamed_keys(container: dict) -> dict:
+    """Sampler settings moved from ``<method>.<key>`` to ``<method>.sampler.<key>``: a config
+    written the old way (a preset, a saved run config) is mapped, with a warning."""
+    for name in names(METHODS):
+        part = container.get(name)
+        moved = [k for k in lookup(METHODS, name).sampler_keys() if isinstance(part, dict) and k in part]
+        if moved:
+            warnings.warn(f"{', '.join(f'{name}.{k}' for k in moved)}: sampler settings now live under "
+                          f"{name}.sampler (e.g. {name}.sampler.{moved[0]}); read as such", FutureWarning, stacklevel=3)
+            part.setdefault("sampler", {}).update({k: part.pop(k) for k in moved})
+    return container
 
 
-def preset_path(preset: str) -> Path:
-    path = PRESET_DIR / f"{PRESET_ALIASES.get(preset, preset)}.yaml"
-    if not path.exists():
-        available = sorted([p.stem for p in PRESET_DIR.glob("*.yaml")] + list(PRESET_ALIASES))
-        raise ConfigError(f"preset={preset!r} is unknown; choose one of: {', '.join(available)}")
-    return path
+def renamed_override(item: str) -> str:
+    """``flowar.cfg=3`` -> ``flowar.sampler.cfg=3`` (with a warning), as ``renamed_keys``."""
+    key, _, value = item.partition("=")
+    method, _, leaf = key.partition(".")
+    if method in names(METHODS) and leaf in lookup(METHODS, method).sampler_keys():
+        warnings.warn(f"{key} is now {method}.sampler.{leaf}; read as such", FutureWarning, stacklevel=3)
+        return f"{method}.sampler.{leaf}={value}"
+    return item
+
+
+def load_yaml(path: Path) -> DictConfig:
+    return OmegaConf.create(renamed_keys(OmegaConf.to_container(OmegaConf.load(path))))
+
+
+def plugins_of(*parts) -> list[str]:
+    """The ``custom_imports`` of configs and dotlist overrides, before the schema exists."""
+    found = []
+    for part in parts:
+        if isinstance(part, list):   # overrides
+            part = OmegaConf.from_dotlist([o for o in part if o.startswith("custom_imports=")])
+        found += list(part.get("custom_imports") or [])
+    return found
 
 
 def _explain(err: OmegaConfBaseException, base: DictConfig) -> ConfigError:
@@ -246,31 +246,25 @@ def _explain(err: OmegaConfBaseException, base: DictConfig) -> ConfigError:
     return ConfigError(f"bad value for config key '{key}': {msg}")
 
 
-CLUSTER_DIR = Path(__file__).resolve().parent.parent / "jobs" / "clusters"
-
-
-def cluster_path(cluster: str) -> Path:
-    """A cluster preset: a name in jobs/clusters/ or a path to a YAML file."""
-    path = Path(cluster) if cluster.endswith((".yaml", ".yml")) else CLUSTER_DIR / f"{cluster}.yaml"
-    if not path.exists():
-        available = sorted(p.stem for p in CLUSTER_DIR.glob("*.yaml"))
-        raise ConfigError(f"cluster={cluster!r} is unknown; choose one of: {', '.join(available)}, or give a "
-                          "path to a YAML file with a `jobs:` section")
-    return path
-
-
 def load_config(preset: str = "tiny", overrides: list[str] | None = None, cluster: str | None = None) -> DictConfig:
     """Schema <- preset <- cluster preset <- overrides, validated. Raises ConfigError naming
     the bad key."""
-    base = schema()
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=500)")
     try:
-        cfg = OmegaConf.merge(base, OmegaConf.load(preset_path(preset)))
+        preset_cfg = OmegaConf.load(preset_path(preset))
+        import_plugins(plugins_of(preset_cfg, overrides or []))
+        base = schema()
+        cfg = OmegaConf.merge(base, load_yaml(preset_path(preset)))
         if cluster:
             cfg = OmegaConf.merge(cfg, OmegaConf.load(cluster_path(cluster)))
-        cfg.preset = preset
+        cfg.preset = preset_name(preset)
         cfg = apply_overrides(cfg, overrides)
+    except PluginImportError as err:
+        raise ConfigError(str(err)) from None
     except OmegaConfBaseException as err:
-        raise _explain(err, base) from None
+        raise _explain(err, schema()) from None
     validate(cfg)
     return cfg
 
@@ -279,17 +273,19 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None) -> DictConfig:
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=500)")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([renamed_override(item)]))
     return cfg
 
 
 def load_saved(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
     """A config a run saved (its config.yaml) <- overrides, validated against today's schema."""
-    base = schema()
     try:
-        cfg = apply_overrides(OmegaConf.merge(base, OmegaConf.load(path)), overrides)
+        import_plugins(plugins_of(OmegaConf.load(path), overrides or []))
+        cfg = apply_overrides(OmegaConf.merge(schema(), load_yaml(Path(path))), overrides)
+    except PluginImportError as err:
+        raise ConfigError(str(err)) from None
     except OmegaConfBaseException as err:
-        raise _explain(err, base) from None
+        raise _explain(err, schema()) from None
     validate(cfg)
     return cfg
 

@@ -19,34 +19,20 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from benchmark import stages
+from benchmark import distributed
+from benchmark.build import load_tokenizer, load_trained
 from benchmark.config import section
-from methods.registry import TOKENIZERS, lookup
-
-
-def load_tokenizer_for_sampling(cfg: DictConfig, method: str, device: torch.device):
-    """The configured pretrained tokenizer (``<tokenizer>.pretrained``), else the one this
-    config trained and cached."""
-    name = cfg[method].tokenizer
-    tcfg = section(cfg, name)
-    if tcfg.pretrained:
-        return lookup(TOKENIZERS, name).from_pretrained(tcfg.pretrained, tcfg).to(device).eval()
-    path = Path(cfg.paths.cache) / "tokenizers" / stages.tokenizer_key(cfg, method)[1]
-    if not (path / "tokenizer.safetensors").exists():
-        raise FileNotFoundError(f"no tokenizer for this config at {path}; pass --tokenizer-checkpoint PATH "
-                                f"or train it first: python -m benchmark train-tokenizer --preset {cfg.preset}")
-    return stages.load_tokenizer(cfg, method, device)
+from benchmark.generation import balanced_labels, generate_batch, to_uint8
 
 
 def sample_to_folder(cfg: DictConfig, method: str, checkpoint: str | Path, out: str | Path,
                      num_classes: int, ema: bool = True) -> Path:
     """Write ``images/{i:06d}.png`` for every image not yet written, then ``samples.npz``."""
-    out, device = Path(out), stages.resolve_device(cfg.device)
+    out, device = Path(out), distributed.resolve_device(cfg.device)
     ev = section(cfg, "eval")
-    tok = load_tokenizer_for_sampling(cfg, method, device)
-    model = stages.build_method(cfg, method, tok).to(device).eval()
-    model.load_weights(checkpoint, ema=ema)
-    labels = stages.balanced_labels(num_classes, ev.samples_per_class)
+    tok = load_tokenizer(cfg, method, device)
+    model = load_trained(cfg, method, tok, device, weights=checkpoint, ema=ema)
+    labels = balanced_labels(num_classes, ev.samples_per_class)
     (out / "images").mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(len(labels)) if not (out / "images" / f"{i:06d}.png").exists()]
     manifest = {"method": method, "checkpoint": str(checkpoint), "weights": "ema" if ema else "model",
@@ -58,8 +44,8 @@ def sample_to_folder(cfg: DictConfig, method: str, checkpoint: str | Path, out: 
     start = time.time()
     for b in tqdm(range(0, len(todo), ev.batch_size), desc=f"sample {method}", dynamic_ncols=True):
         idx = todo[b:b + ev.batch_size]
-        images = stages.generate_batch(model, tok, labels[idx], idx, cfg.seed, device)
-        for i, arr in zip(idx, stages.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()):
+        images = generate_batch(model, tok, labels[idx], idx, cfg.seed, device)
+        for i, arr in zip(idx, to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()):
             tmp = out / "images" / f"{i:06d}.tmp.png"
             Image.fromarray(arr).save(tmp)
             tmp.replace(out / "images" / f"{i:06d}.png")  # a killed job leaves no half-written PNG

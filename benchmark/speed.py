@@ -23,10 +23,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from benchmark import stages
+from benchmark import distributed
+from benchmark.build import build_method
 from benchmark.config import load_config, section
+from benchmark.generation import generate_batch
 from methods.base import Method
-from methods.registry import TOKENIZERS, lookup
+from methods.registry import TOKENIZERS, build
 
 # On CPU, F.scaled_dot_product_attention runs aten._scaled_dot_product_flash_attention_for_cpu,
 # which FlopCounterMode has no formula for (it would count attention as 0 FLOPs): count it
@@ -62,7 +64,7 @@ def seconds_per_batch(model: Method, tok, batch_size: int, num_classes: int, dev
         _sync(device)
         start = time.perf_counter()
         with _autocast(device, dtype):
-            stages.generate_batch(model, tok, labels, range(r * batch_size, (r + 1) * batch_size), 0, device, **settings)
+            generate_batch(model, tok, labels, range(r * batch_size, (r + 1) * batch_size), 0, device, **settings)
         _sync(device)
         if r > 0:
             times.append(time.perf_counter() - start)
@@ -108,12 +110,12 @@ def sampling_cost(model: Method, tok, num_classes: int, batch_size: int, device:
 def measure(method: str, preset: str, batch_size: int, repeats: int, dtype: str, overrides: list[str]) -> dict:
     """``sampling_cost`` of ``method`` at ``preset``'s size with random weights."""
     cfg = load_config(preset, overrides)
-    device = stages.resolve_device(cfg.device)
+    device = distributed.resolve_device(cfg.device)
     name = cfg[method].tokenizer
     tcfg = section(cfg, name)
     tcfg.pretrained = None
-    tok = lookup(TOKENIZERS, name)(tcfg).to(device).eval()
-    model = stages.build_method(cfg, method, tok).to(device).eval()
+    tok = build(TOKENIZERS, name, cfg=tcfg).to(device).eval()
+    model = build_method(cfg, method, tok).to(device).eval()
     metrics, protocol = sampling_cost(model, tok, cfg.data.num_classes, batch_size, device, repeats, dtype)
     row = {"method": method, "preset": preset, "resolution": cfg.data.resolution, **metrics, **protocol,
            "sampler": model.sampler_settings()}

@@ -1,6 +1,6 @@
 """A method-agnostic training loop: AdamW, warm-up then cosine, EMA, gradient clipping,
 bf16 autocast on CUDA, atomic checkpoints, exact resume and a guard against non-finite losses.
-Under torch.distributed (jobs/distributed.py) the model is wrapped in DDP and each rank's
+Under torch.distributed (benchmark/distributed.py) the model is wrapped in DDP and each rank's
 ``batch_loss`` takes its shard of the global batch.
 
 Every step is a pure function of (seed, step): its batch comes from ``batch_loss(step,
@@ -29,8 +29,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from benchmark import distributed
 from benchmark.config import TrainConfig
-from jobs import distributed
+from benchmark.io import save_torch
 
 CHECKPOINT = "checkpoint-last.pt"
 
@@ -76,12 +77,6 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 12345) % (2 ** 62)
 
 
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Trainer:
     """Trains ``model`` by minimising ``batch_loss(step, generator)``.
 
@@ -115,7 +110,7 @@ class Trainer:
         if not distributed.is_main():   # ranks hold the same weights; one writes
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_save({"model": self.model.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
+        save_torch({"model": self.model.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
                      "step": self.step, "history": self.history, "window": self.window}, self.checkpoint_path)
 
     def resume(self) -> bool:

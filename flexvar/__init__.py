@@ -2,5 +2,7 @@
 Jiao et al., arXiv 2502.20313).
 
 ``model.py``: the transformer; ``method.py``: loss on random scale lists and the any-scale
-sampler (registered as ``flexvar``); ``official.py``: the official constructor names,
-checkpoint loading and call conventions. Its tokenizer is ``flexvq`` (methods/tokenizers/flexvq.py)."""
+sampler (registered as ``flexvar``); ``weights.py``: suite and official checkpoints;
+``official.py``: the official constructor names and call conventions (the parity tests' side).
+Its tokenizer is ``flexvq`` (methods/tokenizers/flexvq.py), through the ground-truth-tokenizer
+interface of methods/base.py."""

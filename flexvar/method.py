@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from flexvar import weights
 from flexvar.model import FlexVAR, FlexVARConfig
 from methods.adaln_ar import check_tokenizer, cross_entropy, drop_labels
-from methods.base import Method, TokenSpec
+from methods.base import Generators, GroundTruthTokenizer, Method, TokenSpec
+from methods.config import check_scale_list
+from methods.guidance import guide, guide_logits
 from methods.registry import METHODS
-from methods.sampling import Generators, cfg_logits, cfg_logits_interpolated, sample_tokens
-
-SAMPLER_KEYS = ("cfg", "top_k", "top_p", "max_pn", "llamagen_cfg", "topk_sides", "infer_patch_nums")
+from methods.sampling import sample_tokens
 
 
 def draw_scale_list(train: list[int], generator: torch.Generator | None) -> list[int]:
@@ -53,10 +54,9 @@ class FlexVARMethod(Method):
     (each step quantizes them at a freshly drawn scale list), sampled over any scale list; the
     code map it returns decodes at pn * stride pixels."""
     Config = FlexVARConfig
-    sampler_keys = SAMPLER_KEYS
     tokenizer_kind = "multiscale_groundtruth"
 
-    def __init__(self, cfg: FlexVARConfig, spec: TokenSpec, tokenizer=None):
+    def __init__(self, cfg: FlexVARConfig, spec: TokenSpec, tokenizer: GroundTruthTokenizer | None = None):
         super().__init__(cfg, spec, tokenizer)
         check_tokenizer(tokenizer, self.tokenizer_kind, "FlexVAR", "flexvq", spec.latent_size)
         self.model = FlexVAR(cfg, tokenizer.channels, tokenizer.vocab_size, tokenizer.patch_nums, spec.num_classes)
@@ -92,12 +92,11 @@ class FlexVARMethod(Method):
         return 2 * len(self.generated_scales(**settings))
 
     def load_weights(self, state_dict_or_path, ema: bool = True) -> "FlexVARMethod":
-        from flexvar import official
-        return official.load(self, state_dict_or_path)
+        """A suite run's ``.safetensors`` or an official checkpoint (``FlexVARd16-epo179.pth`` ...); strict."""
+        return weights.load(self, state_dict_or_path)
 
     def scale_list(self, infer_patch_nums=None) -> list[int]:
         sides = list(infer_patch_nums or self.model.patch_nums)
-        from flexvar.model import check_scale_list
         check_scale_list("infer_patch_nums", sides)
         if sides[0] != self.model.patch_nums[0]:
             raise ValueError(f"infer_patch_nums={sides} must start at the training list's first side "
@@ -132,9 +131,9 @@ class FlexVARMethod(Method):
                 if invalid_ids is not None:
                     logits[:, :, invalid_ids] = -100.0
                 if s["llamagen_cfg"]:
-                    logits = cfg_logits_interpolated(logits, s["cfg"])
+                    logits = guide(logits, s["cfg"])
                 else:
-                    logits = cfg_logits(logits, s["cfg"] * ratio if pn <= s["max_pn"] else s["cfg"])
+                    logits = guide_logits(logits, s["cfg"] * ratio if pn <= s["max_pn"] else s["cfg"])
                 greedy = pn > s["max_pn"] or pn not in s["topk_sides"]
                 idx = sample_tokens(logits, generator, 1 if greedy else s["top_k"], s["top_p"])
                 drawn.append(idx)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.adaln_ar import AdaLNARConfig, AdaLNARTransformer
+from methods.adaln_ar import AdaLNARConfig, AdaLNARTransformer, TokenSamplerConfig
+from methods.config import check_positive, check_scale_list
 from methods.scales import block_causal_mask
 
 # Sides the official sampler draws with top-k; any other side (or one above max_pn) is greedy.
@@ -34,13 +35,9 @@ POSITION_GRID = 32   # official pos_1LC is C x 32 x 32
 
 
 @dataclass
-class FlexVARConfig(AdaLNARConfig):
-    """FlexVAR model (``AdaLNARConfig``: depth alone gives the official width and heads) and sampler."""
-    tokenizer: str = "flexvq"
-    random_scale_lists: bool = True    # train on randomly drawn scale lists (official trainer)
-    # sampler (official evaluation: cfg 2.5, top_k 900, top_p 0.95, max_pn 16)
+class FlexVARSampler(TokenSamplerConfig):
+    """The official evaluation settings: cfg 2.5, top_k 900, top_p 0.95, max_pn 16."""
     cfg: float = 2.5
-    top_k: int = 900
     top_p: float = 0.95
     max_pn: int = 16                   # sides above it: full cfg and greedy tokens
     llamagen_cfg: bool = False         # uncond + cfg * (cond - uncond) instead of VAR's ramp
@@ -48,18 +45,17 @@ class FlexVARConfig(AdaLNARConfig):
     infer_patch_nums: List[int] = field(default_factory=list)   # [] : the training list
 
     def check(self, key: str) -> None:
-        from benchmark.config import check_positive
         super().check(key)
         check_positive(f"{key}.max_pn", self.max_pn)
         check_scale_list(f"{key}.infer_patch_nums", list(self.infer_patch_nums), allow_empty=True)
 
 
-def check_scale_list(key: str, sides: list, allow_empty: bool = False) -> None:
-    from benchmark.config import ConfigError
-    if not sides and allow_empty:
-        return
-    if len(sides) < 2 or sides[0] != 1 or any(b <= a for a, b in zip(sides, sides[1:])):
-        raise ConfigError(f"{key}={sides}: a scale list starts at 1 and increases, e.g. [1, 2, 3, 4, 6, 8]")
+@dataclass
+class FlexVARConfig(AdaLNARConfig):
+    """FlexVAR model (``AdaLNARConfig``: depth alone gives the official width and heads) and sampler."""
+    tokenizer: str = "flexvq"
+    random_scale_lists: bool = True    # train on randomly drawn scale lists (official trainer)
+    sampler: FlexVARSampler = field(default_factory=FlexVARSampler)
 
 
 def sincos_grid(side: int, dim: int) -> torch.Tensor:

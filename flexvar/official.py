@@ -21,17 +21,20 @@ official evaluation's ``save_image(..., value_range=(-1, 1))`` does).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 
 from flexvar.method import FlexVARMethod
 from flexvar.model import FlexVARConfig
+from flexvar.weights import convert, load as load_flexvar   # the suite's own loading, under the official names
+from methods.adaln_ar import official_labels
 from methods.base import TokenSpec
-from methods.adaln_ar import check_size, official_labels, read_official_state, rename_official
-from methods.checkpoints import check_keys, read_checkpoint, tensor_dict
-from methods.tokenizers.flexvq import FlexVQConfig, FlexVQTokenizer, load_official
-from methods.tokenizers.msvq import VAR_PATCH_NUMS
+from methods.tokenizers.flexvq import FlexVQConfig, FlexVQTokenizer
+from methods.tokenizers.vq import VAR_PATCH_NUMS
+
+__all__ = ["build_tokenizer", "build", "load", "load_tokenizer", "convert", "img_to_indices", "indices_to_img",
+           "teacher_forcing_input", "logits", "sample"]
 
 
 def build_tokenizer(codebook_size: int = 16384, codebook_embed_dim: int = 8, z_channels: int = 256, ch: int = 128,
@@ -85,33 +88,17 @@ def build(vae_local: FlexVQTokenizer | None = None, num_classes: int = 1000, dep
 def load_tokenizer(tok: FlexVQTokenizer, state_dict_or_path) -> FlexVQTokenizer:
     """The official tokenizer weights (a checkpoint with ``model``, or its state dict), strictly."""
     if isinstance(state_dict_or_path, (str, Path)):
-        what = "the FlexVAR tokenizer (a LlamaGen VQ checkpoint with 'model')"
-        state = tensor_dict(read_checkpoint(state_dict_or_path, what), str(state_dict_or_path), what)
-        return load_official(tok, state, str(state_dict_or_path))
-    return load_official(tok, state_dict_or_path)
+        return tok.load_official(tok.read_official(state_dict_or_path), str(state_dict_or_path))
+    return tok.load_official(state_dict_or_path)
 
 
-def convert(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Official state dict -> this model's: ``mat_qkv`` -> ``qkv``; ``attn_bias_for_masking``
-    (a function of the scale list; the official evaluation replaces it too) and the zero
-    ``zero_k_bias`` are dropped."""
-    return rename_official(state, source, derived=("attn_bias_for_masking",))
-
-
-def load(model: FlexVARMethod, state_dict_or_path, name: str | None = None) -> FlexVARMethod:
-    """Load a FlexVAR checkpoint strictly: official (bare, or ``trainer.var_wo_ddp`` as the
-    released ``FlexVARd*-epo*.pth``), a suite ``.safetensors``, or a state dict (a tokenizer
-    given as ``model`` gets its FlexVAE weights)."""
+def load(model: FlexVARMethod | FlexVQTokenizer, state_dict_or_path, name: str | None = None):
+    """Load a FlexVAR checkpoint strictly (flexvar/weights.py: official, bare or
+    ``trainer.var_wo_ddp``; a suite ``.safetensors``; a state dict); a tokenizer given as
+    ``model`` gets its FlexVAE weights."""
     if isinstance(model, FlexVQTokenizer):   # load(tok, "FlexVAE.pth") works too
         return load_tokenizer(model, state_dict_or_path)
-    what = "a FlexVAR checkpoint (FlexVARd16/d20/d24-epo*.pth, or a suite model.safetensors)"
-    source, state = read_official_state(state_dict_or_path, what, name)
-    state, net = convert(state, source), model.network
-    check_size(state, net, source, "flexvar", (16, 20, 24))
-    check_keys(net.state_dict(), state, source, f"the FlexVAR built here (depth {len(net.blocks)}, width {net.C}, "
-               f"shared_aln={net.cfg.shared_aln}, vocabulary {net.vocab_size}, {net.num_classes} classes)")
-    net.load_state_dict(state, strict=True)
-    return model
+    return load_flexvar(model, state_dict_or_path, name)
 
 
 @torch.no_grad()

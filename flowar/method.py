@@ -2,17 +2,14 @@
 sampler, around the network in flowar/model.py."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from flowar import weights
 from flowar.model import FlowAR, FlowARConfig
-from methods.base import Method, TokenSpec
+from methods.base import Generators, Method, TokenSpec, Tokenizer
 from methods.flow import euler_sample, flow_matching_loss, flowar_time_grid
 from methods.registry import METHODS
 from methods.scales import token_offsets
-
-SAMPLER_KEYS = ("num_flow_steps", "cfg", "guidance_low", "guidance_high")
 
 
 def draw_noise(batch: int, shape: tuple, generator, device) -> torch.Tensor:
@@ -27,9 +24,8 @@ def draw_noise(batch: int, shape: tuple, generator, device) -> torch.Tensor:
 class FlowARMethod(Method):
     Config = FlowARConfig
     tokenizer_kind = "continuous"
-    sampler_keys = SAMPLER_KEYS
 
-    def __init__(self, cfg: FlowARConfig, spec: TokenSpec, tokenizer=None):
+    def __init__(self, cfg: FlowARConfig, spec: TokenSpec, tokenizer: Tokenizer | None = None):
         super().__init__(cfg, spec, tokenizer)
         self.model = FlowAR(cfg, spec.channels, spec.latent_size, spec.num_classes)
 
@@ -52,12 +48,7 @@ class FlowARMethod(Method):
     def load_weights(self, state_dict_or_path, ema: bool = True) -> "FlowARMethod":
         """A suite run's ``.safetensors`` or an official FlowAR checkpoint (``model`` /
         ``model_ema``); strict, with errors that name the file and the mismatching keys."""
-        from flowar import official
-        from benchmark.stages import load_weights
-        source = state_dict_or_path
-        if isinstance(source, (str, Path)) and str(source).endswith(".safetensors"):
-            return official.load(self, load_weights(Path(source)), ema=ema, name=str(source))
-        return official.load(self, source, ema=ema)
+        return weights.load(self, state_dict_or_path, ema=ema)
 
     def generated_scales(self, **settings) -> list[int]:
         return list(self.model.scales)
@@ -74,7 +65,7 @@ class FlowARMethod(Method):
         return token_offsets(self.model.scales)
 
     @torch.no_grad()
-    def generate(self, labels: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None,
+    def generate(self, labels: torch.Tensor, generator: Generators = None,
                  noise: list[torch.Tensor] | None = None, **settings) -> torch.Tensor:
         """Sample scale by scale: semantics from the AR transformer (KV-cached), then the
         scale's latent by Euler integration of the flow head from noise. CFG ramps linearly

@@ -12,19 +12,36 @@ its checkpoints load as they are. The training loss and the sampler live in flow
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from methods.base import MethodConfig, SamplerConfig
+from methods.config import ConfigError, check_positive, check_range
 from methods.layers import Attention, CrossAttention, GatedMLP, RMSNorm, TimestepEmbedder, modulate
 from methods.scales import block_causal_mask, doubling_scales, token_offsets
 
 
 @dataclass
-class FlowARConfig:
+class FlowARSampler(SamplerConfig):
+    num_flow_steps: int = 25        # Euler grid points per scale (official --num_step)
+    cfg: float = 1.0                # CFG at the last scale; ramps linearly from 1 at the first
+    guidance_low: float = 0.0       # CFG applies for t in [guidance_low, guidance_high]
+    guidance_high: float = 0.9      # official --guidance
+
+    def check(self, key: str) -> None:
+        for name in ("guidance_low", "guidance_high"):
+            check_range(f"{key}.{name}", getattr(self, name), 0.0, 1.0)
+        check_positive(f"{key}.cfg", self.cfg)
+        if self.num_flow_steps < 2:
+            raise ConfigError(f"{key}.num_flow_steps={self.num_flow_steps} is out of range; it must be >= 2")
+
+
+@dataclass
+class FlowARConfig(MethodConfig):
     """FlowAR model and sampler settings. Defaults are FlowAR-S (official ``flowar_small``)."""
     tokenizer: str = "kl"
     encoder_embed_dim: int = 768
@@ -43,14 +60,10 @@ class FlowARConfig:
     proj_dropout: float = 0.1
     rope_reference_size: int = 16   # RoPE positions are normalised to this grid
     grad_checkpointing: bool = False
-    # sampler
-    num_flow_steps: int = 25        # Euler grid points per scale (official --num_step)
-    cfg: float = 1.0                # CFG at the last scale; ramps linearly from 1 at the first
-    guidance_low: float = 0.0       # CFG applies for t in [guidance_low, guidance_high]
-    guidance_high: float = 0.9      # official --guidance
+    sampler: FlowARSampler = field(default_factory=FlowARSampler)
 
     def check(self, key: str) -> None:
-        from benchmark.config import ConfigError, check_positive, check_range
+        super().check(key)
         for name in ("encoder_embed_dim", "encoder_depth", "encoder_num_heads", "decoder_embed_dim",
                      "decoder_depth", "decoder_num_heads", "flow_depth", "flow_width", "flow_head_dim", "mlp_ratio"):
             check_positive(f"{key}.{name}", getattr(self, name))
@@ -66,24 +79,8 @@ class FlowARConfig:
         if self.flow_width % self.flow_head_dim:
             raise ConfigError(f"{key}.flow_width={self.flow_width} is not a multiple of "
                               f"{key}.flow_head_dim={self.flow_head_dim}")
-        for name in ("label_drop_prob", "attn_dropout", "proj_dropout", "guidance_low", "guidance_high"):
+        for name in ("label_drop_prob", "attn_dropout", "proj_dropout"):
             check_range(f"{key}.{name}", getattr(self, name), 0.0, 1.0)
-        check_positive(f"{key}.cfg", self.cfg)
-        if self.num_flow_steps < 2:
-            raise ConfigError(f"{key}.num_flow_steps={self.num_flow_steps} is out of range; it must be >= 2")
-
-
-# Official sizes (models/flowar.py: flowar_small / flowar_large / flowar_huge, with the flow
-# head sizes of the README's training commands).
-FlowAR_models = {
-    "flowar_small": dict(encoder_embed_dim=768, encoder_depth=6, encoder_num_heads=12, decoder_embed_dim=768,
-                         decoder_depth=6, decoder_num_heads=12, flow_depth=2, flow_width=1024),
-    "flowar_large": dict(encoder_embed_dim=1024, encoder_depth=8, encoder_num_heads=16, decoder_embed_dim=1024,
-                         decoder_depth=8, decoder_num_heads=16, flow_depth=12, flow_width=1024, flow_cross=True),
-    "flowar_huge": dict(encoder_embed_dim=1536, encoder_depth=15, encoder_num_heads=16, decoder_embed_dim=1536,
-                        decoder_depth=15, decoder_num_heads=16, flow_depth=12, flow_width=1536, flow_cross=True,
-                        grad_checkpointing=True),
-}
 
 
 def gated_hidden(dim: int, mlp_ratio: float) -> int:

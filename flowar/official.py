@@ -21,17 +21,15 @@ segments do not cover the buffer tokens) and ``patch_size > 1`` (unused by every
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
-
-from methods.checkpoints import check_keys
 
 from flowar.method import FlowARMethod
 from flowar.model import FlowARConfig
+from flowar.weights import load, read_checkpoint   # the suite's own loading, under the official names
 from methods.base import TokenSpec
 from methods.scales import doubling_scales, token_offsets
+
+__all__ = ["build", "load", "read_checkpoint", "scale_slice", "semantics", "velocity", "loss", "sample"]
 
 OFFICIAL_CLASS_TABLE = 1000  # nn.Embedding(1000 + 1, ...) in the official code, null class 1000
 
@@ -79,36 +77,6 @@ def build(model: str | None = None, **kwargs) -> FlowARMethod:
         label_drop_prob=a["label_drop_prob"], attn_dropout=a["attn_dropout"], proj_dropout=a["proj_dropout"],
         grad_checkpointing=a["use_checkpoint"])
     return FlowARMethod(cfg, TokenSpec(a["vae_embed_dim"], latent_size, OFFICIAL_CLASS_TABLE))
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """torch.load with weights_only=True; the official training script also pickles its
-    argparse Namespace, which is allowed here and nothing else."""
-    from methods.checkpoints import read_checkpoint as read
-    state = read(path, "a FlowAR checkpoint (FlowAR-S/L/H .pth, or a suite model.safetensors)", [argparse.Namespace])
-    if not isinstance(state, dict):
-        raise RuntimeError(f"{path} holds a {type(state).__name__}, not a FlowAR checkpoint dict")
-    return state
-
-
-def load(model: FlowARMethod, state_dict_or_path, ema: bool = True, name: str | None = None) -> FlowARMethod:
-    """Load official weights strictly: a state dict, or a checkpoint (path or dict) holding
-    ``model`` and ``model_ema``; ``ema`` picks which. Every key must match in name and shape."""
-    source = str(state_dict_or_path) if isinstance(state_dict_or_path, (str, Path)) else (name or "the state dict")
-    state = read_checkpoint(state_dict_or_path) if isinstance(state_dict_or_path, (str, Path)) else state_dict_or_path
-    if "model" in state or "model_ema" in state:
-        key = "model_ema" if ema else "model"
-        if key not in state:
-            raise KeyError(f"{source} has no '{key}' entry (it has {sorted(state)}); pass ema={not ema}")
-        state = state[key]
-    c = model.cfg
-    preset = (f"encoder {c.encoder_embed_dim}x{c.encoder_depth}, decoder {c.decoder_embed_dim}x{c.decoder_depth}, "
-              f"flow head {c.flow_width}x{c.flow_depth}{' cross' if c.flow_cross else ''}, latent {model.spec.latent_size}")
-    check_keys(model.network.state_dict(), state, source,
-               f"the FlowAR built here ({preset}); build it with the preset the checkpoint was trained with "
-               "(flowar_small/large/huge)")
-    model.network.load_state_dict(state, strict=True)
-    return model
 
 
 def scale_slice(model: FlowARMethod, scale: int) -> slice:

@@ -1,3 +1,3 @@
-"""How stages run. Today: in-process, one job after another (``jobs.sweep``). The Slurm /
-submitit issue adds local and Slurm executors, arrays, DDP and preemption-safe requeue on
-top of the same job model: a job is (config, method, seed) and runs the stages in order."""
+"""How stages run: a sweep's jobs (``jobs.sweep``: presets x methods x seeds in dependent
+groups), executed in this process, as local subprocesses or as Slurm job arrays through
+submitit (``jobs.executors``), and watched from the sweep folder alone (``jobs.status``)."""

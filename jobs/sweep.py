@@ -18,11 +18,12 @@ import submitit
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark import results, stages
-from jobs import distributed
+from benchmark import distributed, results
+from benchmark.evaluation import finished_evaluation
+from benchmark.keys import tokenizer_key
+from benchmark.stages import STAGES
+from methods.plugins import import_plugins
 
-STAGES = {"tokenizer": stages.train_tokenizer, "latents": stages.encode_latents,
-          "train": stages.train_method, "evaluate": stages.evaluate_method}
 GROUPS = {"prepare": ("tokenizer", "latents"), "train": ("train",), "evaluate": ("evaluate",)}
 
 
@@ -45,6 +46,7 @@ class Job(submitit.helpers.Checkpointable):
     def __call__(self) -> list[str]:
         """Runs the stages in order; returns the last stage's outputs (the records after
         `evaluate`, one per row) as strings."""
+        import_plugins(self.cfg.custom_imports)   # a plug-in method registers in this process too
         distributed.setup()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -52,7 +54,7 @@ class Job(submitit.helpers.Checkpointable):
         timings, out = {}, None
         for name in self.stages:
             start = time.time()
-            done = stages.finished_evaluation(self.cfg, self.method) if name == "evaluate" else None
+            done = finished_evaluation(self.cfg, self.method) if name == "evaluate" else None
             if done and not self.redo_evaluate:   # finished work is not redone
                 out = done
             else:
@@ -95,7 +97,7 @@ def plan(configs: list[DictConfig], methods: list[str], seeds: list[int] | None,
         cfg = absolute_paths(cfg)
         for method in methods:
             prep_stages = tuple(s for s in GROUPS["prepare"] if s in stage_names)
-            key = (cfg.paths.cache, stages.tokenizer_key(cfg, method)[1])
+            key = (cfg.paths.cache, tokenizer_key(cfg, method))
             if prep_stages and key not in prepared:
                 prepared[key] = Job(cfg, method, prep_stages)
                 groups["prepare"].jobs.append(prepared[key])

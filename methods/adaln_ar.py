@@ -17,12 +17,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.base import MethodConfig, SamplerConfig
 from methods.checkpoints import read_checkpoint, tensor_dict
+from methods.config import ConfigError, check_positive, check_range
 from methods.layers import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin, init_adaln_transformer
 
 
 @dataclass
-class AdaLNARConfig:
+class TokenSamplerConfig(SamplerConfig):
+    """Sampler settings of the VAR family: guidance weight at the last scale, top-k / top-p."""
+    cfg: float = 1.5
+    top_k: int = 900
+    top_p: float = 0.96
+
+    def check(self, key: str) -> None:
+        check_positive(f"{key}.cfg", self.cfg, allow_zero=True)
+        check_positive(f"{key}.top_k", self.top_k, allow_zero=True)
+        check_range(f"{key}.top_p", self.top_p, 0.0, 1.0)
+
+
+@dataclass
+class AdaLNARConfig(MethodConfig):
     """Model fields of the VAR family. ``depth`` alone gives width 64 * depth and depth heads
     (the official factories) unless ``embed_dim`` / ``num_heads`` are set."""
     depth: int = 16
@@ -54,15 +69,15 @@ class AdaLNARConfig:
         return self.drop_path_rate if self.drop_path_rate >= 0 else 0.1 * self.depth / 24
 
     def check(self, key: str) -> None:
-        from benchmark.config import ConfigError, check_positive, check_range
+        super().check(key)
         for name in ("depth", "mlp_ratio", "norm_eps"):
             check_positive(f"{key}.{name}", getattr(self, name))
-        for name in ("embed_dim", "num_heads", "top_k", "cfg"):
+        for name in ("embed_dim", "num_heads"):
             check_positive(f"{key}.{name}", getattr(self, name), allow_zero=True)
         if self.width % self.heads:
             raise ConfigError(f"{key}: width {self.width} is not divisible by {self.heads} heads; set "
                               f"{key}.embed_dim / {key}.num_heads (0 = official rule: 64 * depth, depth heads)")
-        for name in ("drop_rate", "attn_drop_rate", "cond_drop_rate", "top_p"):
+        for name in ("drop_rate", "attn_drop_rate", "cond_drop_rate"):
             check_range(f"{key}.{name}", getattr(self, name), 0.0, 1.0)
         check_range(f"{key}.drop_path_rate", self.drop_path_rate, -1.0, 1.0)
 

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-SHOW = 6   # offending keys named in an error
+SHOW = 8   # offending keys named in an error
 
 
 def read_checkpoint(path: str | Path, what: str, allowed_globals: Iterable = ()) -> object:
@@ -57,14 +57,28 @@ def tensor_dict(obj: object, source: str, what: str, nested: Iterable[str] = ("m
     return dict(obj)
 
 
-def check_keys(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str, hint: str) -> None:
-    """Raise if ``state`` differs from ``expected`` in key names or shapes; ``hint`` says what to change."""
+def check_keys(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str, hint: str,
+               official_names: Mapping[str, str] | None = None) -> None:
+    """The one key-mismatch report: raise if ``state`` differs from ``expected`` in key names or
+    shapes, as "``source`` ``hint``: missing (n): [...]; unexpected ...; shape mismatch ...".
+    ``hint`` says what does not fit and what to change; ``official_names`` (converted key ->
+    official key) adds the official name of each offending key in brackets."""
+    named = lambda k: f"{k} [{official_names[k]}]" if official_names and k in official_names else k
     missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+    unexpected = [named(k) for k in state if k not in expected]
+    shapes = [f"{named(k)}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or shapes:
         parts = [f"{name} ({len(items)}): {items[:SHOW]}{' ...' if len(items) > SHOW else ''}"
                  for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
                  if items]
-        raise RuntimeError(f"{source} does not fit {hint}: " + "; ".join(parts))
+        raise RuntimeError(f"{source} {hint}: " + "; ".join(parts))
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file the suite wrote (weights, caches); a broken one names the file and the fix."""
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise RuntimeError(f"{path} is not a readable safetensors file ({err}); delete it and rerun to rebuild it") from err

@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from methods.guidance import guide
+
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -41,14 +43,6 @@ def flowar_time_grid(num_steps: int) -> torch.Tensor:
                       torch.linspace(0.25, 0, num_steps // 2 + 1, dtype=torch.float64)])
 
 
-def cfg_mix(v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance on a [conditional; unconditional] batch; the guided value is
-    returned for both halves so the batch layout stays the same."""
-    cond, uncond = v.chunk(2)
-    guided = uncond + scale * (cond - uncond)
-    return torch.cat([guided, guided])
-
-
 @torch.no_grad()
 def euler_sample(velocity: Velocity, noise: torch.Tensor, time_grid: torch.Tensor, cfg_scale: float = 1.0,
                  guidance_low: float = 0.0, guidance_high: float = 1.0) -> torch.Tensor:
@@ -66,7 +60,7 @@ def euler_sample(velocity: Velocity, noise: torch.Tensor, time_grid: torch.Tenso
         inp = torch.cat([x[: x.shape[0] // 2]] * 2) if guided else x
         t = torch.full((inp.shape[0],), t_cur, dtype=torch.float64, device=x.device)
         v = velocity(inp.to(dtype), t.to(dtype)).to(torch.float64)
-        if guided:
-            v = cfg_mix(v, cfg_scale)
+        if guided:   # the guided velocity for both halves, so the batch layout stays the same
+            v = torch.cat([guide(v, cfg_scale)] * 2)
         x = x + (t_next - t_cur) * v
     return x

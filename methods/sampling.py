@@ -1,5 +1,5 @@
-"""Token samplers shared by the discrete scale-wise methods (VAR, FlexVAR): classifier-free
-guidance on logits, top-k / top-p filtering, seeded multinomial draws and a seeded Gumbel-softmax.
+"""Token samplers shared by the discrete scale-wise methods (VAR, FlexVAR): top-k / top-p
+filtering, seeded multinomial draws and a seeded Gumbel-softmax (guidance: methods/guidance.py).
 
 Randomness comes from explicit ``torch.Generator``s only: one for the whole batch (then the
 draws follow the official samplers' order exactly) or one per image (then image i's tokens
@@ -7,23 +7,9 @@ depend on its own generator alone, whatever batch it is sampled in; the harness'
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
-
 import torch
 
-Generators = Union[torch.Generator, Sequence[torch.Generator], None]
-
-
-def cfg_logits(logits: torch.Tensor, weight: float) -> torch.Tensor:
-    """Guided logits (1 + w) * cond - w * uncond from a [cond; uncond] batch (B' = 2B)."""
-    B = logits.shape[0] // 2
-    return (1 + weight) * logits[:B] - weight * logits[B:]
-
-
-def cfg_logits_interpolated(logits: torch.Tensor, scale: float) -> torch.Tensor:
-    """LlamaGen's form of guidance, uncond + (cond - uncond) * scale, from [cond; uncond]."""
-    B = logits.shape[0] // 2
-    return logits[B:] + (logits[:B] - logits[B:]) * scale
+from methods.base import Generators
 
 
 def top_k_top_p_(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:

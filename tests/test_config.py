@@ -79,4 +79,4 @@ def test_cli_rejects_unknown_stage_and_unscorable_data(capsys):
 
 def test_official_model_names_are_preset_aliases():
     cfg = load_config("flowar_huge", ["data.root=/data"])
-    assert cfg.flowar.flow_width == 1536 and cfg.flowar.num_flow_steps == 50 and cfg.flowar.guidance_high == 0.7
+    assert cfg.flowar.flow_width == 1536 and cfg.flowar.sampler.num_flow_steps == 50 and cfg.flowar.sampler.guidance_high == 0.7

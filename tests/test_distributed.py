@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from benchmark.cli import main
-from jobs import distributed
+from benchmark import distributed
 
 # VAR with no label drop and no drop path: its loss is a function of the batch alone, so a
 # two-rank step must equal the single-process step (stochastic losses draw per-rank streams).

@@ -10,7 +10,7 @@ from benchmark.datasets.shapes import Shapes
 from benchmark.metrics import classifier as C
 from benchmark.metrics import domain
 from benchmark.metrics.fidelity import UInt8Images
-from benchmark.stages import to_uint8
+from benchmark.generation import to_uint8
 
 
 @pytest.fixture(scope="module")

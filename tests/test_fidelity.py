@@ -76,7 +76,7 @@ def random_inception_file(folder):
 
 def test_full_path_fid_is_zero_on_itself_and_grows_with_noise(random_inception):
     from benchmark.datasets.shapes import Shapes
-    from benchmark.stages import to_uint8
+    from benchmark.generation import to_uint8
     weights = fidelity.inception_weights(random_inception)
     images = to_uint8(Shapes(resolution=32, num_classes=4, size=64, seed=0, split="test").render(torch.arange(16))[0])
     reference = {"images": images}
@@ -137,7 +137,7 @@ def test_adm_batch_fid_from_its_statistics_precision_recall_from_its_images(rand
     """The ADM batch holds two references: mu/sigma of the training set (FID) and 10k images
     (precision/recall, KID). With both, FID must come from the statistics."""
     from benchmark.datasets.shapes import Shapes
-    from benchmark.stages import to_uint8
+    from benchmark.generation import to_uint8
     weights = fidelity.inception_weights(random_inception)
     images = to_uint8(Shapes(resolution=32, num_classes=4, size=64, seed=0, split="test").render(torch.arange(16))[0])
     other = to_uint8(Shapes(resolution=32, num_classes=4, size=64, seed=1, split="test").render(torch.arange(16))[0])

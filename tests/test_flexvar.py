@@ -22,7 +22,7 @@ def small_tokenizer(**kw):
 def small_flexvar(tok=None, **kw):
     torch.manual_seed(0)
     tok = tok or small_tokenizer()
-    cfg = FlexVARConfig(**{**dict(depth=2, embed_dim=32, num_heads=2, top_k=0, top_p=0.0, cfg=1.5, max_pn=4), **kw})
+    cfg = FlexVARConfig.flat(**{**dict(depth=2, embed_dim=32, num_heads=2, top_k=0, top_p=0.0, cfg=1.5, max_pn=4), **kw})
     return FlexVARMethod(cfg, TokenSpec(tok.channels, TRAIN[-1], 5), tok), tok
 
 

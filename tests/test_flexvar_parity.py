@@ -120,13 +120,13 @@ def test_full_size_official_key_lists_convert_exactly():
     from flexvar.method import FlexVARMethod
     from methods.base import TokenSpec
     from methods.checkpoints import check_keys
-    from methods.tokenizers.flexvq import FlexVQTokenizer, convert_official
+    from methods.tokenizers.flexvq import FlexVQTokenizer
     keys = json.loads((FIXTURES / "official_keys_d16.json").read_text())
     cfg = load_config("flexvar_d16")
     with torch.device("meta"):
         tok = FlexVQTokenizer(section(cfg, "flexvq"))
         var = FlexVARMethod(section(cfg, "flexvar"), TokenSpec(32, 16, 1000), tok)
-    converted = convert_official({k: torch.empty(s, device="meta") for k, s in keys["vq"].items()})
+    converted = FlexVQTokenizer.convert_official({k: torch.empty(s, device="meta") for k, s in keys["vq"].items()})
     converted.update({k: v for k, v in tok.state_dict().items() if k in ("ema_hits", "train_steps")})
     check_keys(tok.state_dict(), converted, "FlexVAE.pth key list", "flexvq")
     state = {k: torch.zeros(s) if k.endswith("zero_k_bias") else torch.empty(s, device="meta")

@@ -1,6 +1,7 @@
 import torch
 
-from methods.flow import cfg_mix, euler_sample, flow_matching_loss, flowar_time_grid
+from methods.flow import euler_sample, flow_matching_loss, flowar_time_grid
+from methods.guidance import guide, guide_logits
 
 
 def test_time_grid_matches_the_official_rule():
@@ -21,7 +22,8 @@ def test_euler_is_exact_on_straight_paths():
 
 def test_guidance_interval_and_mixing():
     v = torch.tensor([[3.0], [1.0]])
-    assert torch.equal(cfg_mix(v, 2.0), torch.tensor([[5.0], [5.0]]))
+    assert torch.equal(guide(v, 2.0), torch.tensor([[5.0]]))
+    assert torch.equal(guide_logits(v, 1.0), torch.tensor([[5.0]]))   # the same rule, weight = scale - 1
     calls = []
 
     def velocity(x, t):

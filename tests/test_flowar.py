@@ -13,7 +13,7 @@ SMALL = dict(encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2, decoder
 
 def make(latent_size=4, channels=4, classes=3, **kw):
     torch.manual_seed(0)
-    return FlowARMethod(FlowARConfig(**{**SMALL, **kw}), TokenSpec(channels, latent_size, classes))
+    return FlowARMethod(FlowARConfig.flat(**{**SMALL, **kw}), TokenSpec(channels, latent_size, classes))
 
 
 def test_scale_schedule_and_mask():

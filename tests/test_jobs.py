@@ -10,7 +10,7 @@ import pytest
 from benchmark import results
 from benchmark.cli import main
 from benchmark.config import ConfigError, load_config
-from jobs import executors
+from jobs import executors, status
 from jobs.sweep import plan
 
 
@@ -59,8 +59,8 @@ def test_local_executor_reports_a_failed_job_and_skips_what_needs_it(tmp_path, c
     assert "[smoke/var/seed0/prepare] FAILED" in captured.out and "loss is" in captured.out
     assert "[smoke/var/seed0/train] skipped: smoke/var/seed0/prepare failed" in captured.out
     assert "[smoke/var/seed0/evaluate] skipped: smoke/var/seed0/train failed" in captured.out
-    sweep = executors.find_sweep(None, f"{tmp_path}/runs")
-    states = {r["job"]: r["state"] for r in executors.status(sweep)}
+    sweep = status.find_sweep(None, f"{tmp_path}/runs")
+    states = {r["job"]: r["state"] for r in status.status(sweep)}
     assert states == {"smoke/var/seed0/prepare": "FAILED", "smoke/flowar/seed0/prepare": "COMPLETED",
                       "smoke/var/seed0/train": "SKIPPED", "smoke/flowar/seed0/train": "COMPLETED",
                       "smoke/var/seed0/evaluate": "SKIPPED", "smoke/flowar/seed0/evaluate": "COMPLETED"}

@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 
 from benchmark.config import ConfigError, load_config, section
 from methods.tokenizers.kl import KLTokenizer
-from methods.tokenizers.mar import (MAR_KL16, MAR_SCALING_FACTOR, check_against, convert_mar_state_dict,
-                                    load_mar_kl16, mar_config, mar_key_map)
+from methods.tokenizers.kl import (MAR_KL16, MAR_SCALING_FACTOR, check_against, convert_mar_state_dict,
+                                   load_mar_kl16, mar_config)
+from methods.tokenizers.ldm import ldm_key_map as mar_key_map
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kl16"
 RTOL = 1e-5

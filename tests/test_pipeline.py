@@ -111,8 +111,9 @@ def test_sample_rejects_a_checkpoint_of_another_size(smoke_run, tmp_path, capsys
 def test_sweep_writes_one_row_per_value_and_scores_against_one_reference(smoke_run, monkeypatch):
     """eval.sweep: each value its own record (its own hash), the other settings as configured;
     the classifier, reference features and floor are computed once for all rows."""
-    from benchmark import stages
+    from benchmark import evaluation as stages
     from benchmark.config import load_config
+    from benchmark.keys import evaluation_key
 
     _, paths, _ = smoke_run
     real_build, built = stages.build_reference, []
@@ -122,7 +123,7 @@ def test_sweep_writes_one_row_per_value_and_scores_against_one_reference(smoke_r
     flowar = [json.loads(p.read_text()) for p in stages.evaluate_method(cfg, "flowar")]
     # as configured (cfg 1.5, 4 flow steps), cfg 1 and 3, 2 flow steps, and another scale list (refused by design)
     assert len({r["config_hash"] for r in flowar}) == len(flowar) == 5
-    assert flowar[0]["config_hash"] == stages.evaluation_key(load_config("smoke", paths), "flowar")
+    assert flowar[0]["config_hash"] == evaluation_key(load_config("smoke", paths), "flowar")
     settings = [r["protocol"]["sampler"] for r in flowar[:4]]
     assert [(s["cfg"], s["num_flow_steps"]) for s in settings] == [(1.5, 4), (1.0, 4), (3.0, 4), (1.5, 2)]
     assert [r["metrics"]["nfe"] for r in flowar[:4]] == [3 * 4 * 2, 3 * 4, 3 * 4 * 2, 3 * 2 * 2]
@@ -141,12 +142,14 @@ def test_evaluate_a_run_directory_and_a_checkpoint(smoke_run, tmp_path, capsys):
     import numpy as np
     from benchmark.metrics import fidelity
     from benchmark.config import load_config
-    from benchmark.stages import build_dataset, record_path, to_uint8
+    from benchmark.build import build_dataset
+    from benchmark.generation import to_uint8
+    from benchmark.keys import RunKeys
     from test_fidelity import random_inception_file
 
     root, paths, _ = smoke_run
     run = next((root / "runs" / "smoke").glob("var-*/seed0"))
-    record = record_path(load_config("smoke", paths), "var")
+    record = RunKeys.of(load_config("smoke", paths), "var").record
     before = json.loads(record.read_text())["metrics"]["class_consistency"]
     assert main(["evaluate", "--run", str(run)]) == 0
     assert f"record: {record}" in capsys.readouterr().out
@@ -178,11 +181,11 @@ def test_finished_evaluations_are_skipped_but_checked_in_records_are_not_enough(
     """A rerun skips an evaluation done here; a fresh clone has results/records from git but no
     run-directory copy, so its own evaluation runs."""
     from benchmark.config import load_config
-    from benchmark.stages import evaluation_key, record_path, run_dir
+    from benchmark.keys import RunKeys
 
     root, paths, _ = smoke_run
-    cfg = load_config("smoke", paths)
-    record, local = record_path(cfg, "var"), run_dir(cfg, "var") / f"record-{evaluation_key(cfg, 'var')}.json"
+    keys = RunKeys.of(load_config("smoke", paths), "var")
+    record, local = keys.record, keys.local_record
     args = ["run", "--methods", "var", "--preset", "smoke", "--executor", "inline", *paths]
     stamp = record.stat().st_mtime_ns
     assert main(args) == 0 and record.stat().st_mtime_ns == stamp   # done here: skipped

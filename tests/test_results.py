@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark import results
+from benchmark import records, results
 
 pytestmark = pytest.mark.filterwarnings("ignore:skipping record")
 
@@ -177,7 +177,7 @@ def test_plots_created(records_root, tmp_path):
 
 def test_sampler_text_is_one_short_cell():
     settings = {"cfg": 4.0, "top_k": 0, "topk_sides": [1, 2, 4], "infer_patch_nums": [], "max_pn": None, "smooth": False}
-    assert results.sampler_text(settings) == "cfg=4 top_k=0 topk_sides=1-2-4 smooth=False"
+    assert records.sampler_text(settings) == "cfg=4 top_k=0 topk_sides=1-2-4 smooth=False"
 
 
 def test_quality_speed_labels_name_what_differs(tmp_path):

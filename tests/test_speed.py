@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmark import speed, stages
+from benchmark import speed
+from benchmark.build import build_method
 from benchmark.config import load_config, section
 from methods.registry import METHODS, TOKENIZERS, lookup, names
 
@@ -16,7 +17,7 @@ def build(method: str, overrides=()):
     cfg = load_config("smoke", list(overrides))
     tok = lookup(TOKENIZERS, cfg[method].tokenizer)(section(cfg, cfg[method].tokenizer)).eval()
     torch.manual_seed(0)
-    return cfg, tok, stages.build_method(cfg, method, tok).eval()
+    return cfg, tok, build_method(cfg, method, tok).eval()
 
 
 @pytest.mark.parametrize("method", names(METHODS))

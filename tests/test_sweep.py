@@ -3,8 +3,10 @@ method, step counts through the scale list where a method can change it."""
 import pytest
 import torch
 
-from benchmark import stages
+from benchmark import evaluation as stages
+from benchmark.build import build_method
 from benchmark.config import ConfigError, load_config, section
+from benchmark.keys import RunKeys, evaluation_key
 from methods.base import NotSupportedByDesign
 from methods.registry import TOKENIZERS, lookup
 
@@ -12,18 +14,18 @@ from methods.registry import TOKENIZERS, lookup
 def build(cfg, method):
     tok = lookup(TOKENIZERS, cfg[method].tokenizer)(section(cfg, cfg[method].tokenizer)).eval()
     torch.manual_seed(0)
-    return stages.build_method(cfg, method, tok).eval()
+    return build_method(cfg, method, tok).eval()
 
 
 def test_rows_vary_one_setting_at_a_time_and_have_their_own_keys():
     cfg = load_config("smoke", ["eval.sweep.cfg=[1,1.5,4]", "eval.sweep.num_flow_steps=[8]"])
     rows = stages.sweep_rows(cfg, "flowar")
     # as configured (cfg 1.5), cfg 1, cfg 4 (1.5 is the configured value: not twice), 8 flow steps
-    assert [(r.flowar.cfg, r.flowar.num_flow_steps) for r, _ in rows] == [(1.5, 4), (1.0, 4), (4.0, 4), (1.5, 8)]
+    assert [(r.flowar.sampler.cfg, r.flowar.sampler.num_flow_steps) for r, _ in rows] == [(1.5, 4), (1.0, 4), (4.0, 4), (1.5, 8)]
     assert all(reason is None and not any(r.eval.sweep.values()) for r, reason in rows)
-    keys = [stages.evaluation_key(r, "flowar") for r, _ in rows]
-    assert len(set(keys)) == 4 and keys[0] == stages.evaluation_key(load_config("smoke"), "flowar")
-    assert stages.run_dir(rows[3][0], "flowar") == stages.run_dir(cfg, "flowar")   # the same trained model
+    keys = [evaluation_key(r, "flowar") for r, _ in rows]
+    assert len(set(keys)) == 4 and keys[0] == evaluation_key(load_config("smoke"), "flowar")
+    assert RunKeys.of(rows[3][0], "flowar").run_dir == RunKeys.of(cfg, "flowar").run_dir   # the same trained model
 
 
 def test_a_setting_the_method_lacks_gives_one_not_supported_row():
@@ -31,7 +33,7 @@ def test_a_setting_the_method_lacks_gives_one_not_supported_row():
     rows = stages.sweep_rows(cfg, "var")
     assert len(rows) == 2 and rows[0][1] is None
     assert "VARMethod has no sampler setting 'num_flow_steps'" in rows[1][1]
-    assert stages.evaluation_key(rows[1][0], "var") != stages.evaluation_key(rows[0][0], "var")
+    assert evaluation_key(rows[1][0], "var") != evaluation_key(rows[0][0], "var")
 
 
 def test_step_counts_through_scale_lists_flexvar_only():

@@ -81,10 +81,11 @@ def test_tokenizer_training_is_reproducible(tmp_path, method):
     """Same config, same tokenizer, whatever ran before in the process (its init is seeded)."""
     from benchmark import stages
     from benchmark.config import load_config
+    from methods.checkpoints import load_safetensors
     states = []
     for run in range(2):
         torch.manual_seed(run)   # a different global RNG state each time
         cfg = load_config("smoke", [f"paths.cache={tmp_path}/{run}/cache", f"paths.runs={tmp_path}/{run}/runs"])
-        states.append(stages.load_weights(stages.train_tokenizer(cfg, method) / "tokenizer.safetensors"))
+        states.append(load_safetensors(stages.train_tokenizer(cfg, method) / "tokenizer.safetensors"))
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -22,7 +22,7 @@ def small_var(tok=None, **kw):
     torch.manual_seed(0)
     tok = tok or small_tokenizer()
     from methods.base import TokenSpec
-    cfg = VARConfig(**{**dict(depth=2, embed_dim=32, num_heads=2, top_k=0, top_p=0.0, cfg=1.5), **kw})
+    cfg = VARConfig.flat(**{**dict(depth=2, embed_dim=32, num_heads=2, top_k=0, top_p=0.0, cfg=1.5), **kw})
     return VARMethod(cfg, TokenSpec(tok.channels, PATCH_NUMS[-1], 5), tok), tok
 
 

@@ -110,7 +110,7 @@ def test_full_size_official_key_lists_convert_exactly():
     from benchmark.config import load_config, section
     from methods.base import TokenSpec
     from methods.checkpoints import check_keys
-    from methods.tokenizers.msvq import MSVQTokenizer, convert_official
+    from methods.tokenizers.msvq import MSVQTokenizer
     from var_baseline.method import VARMethod
     keys = json.loads((FIXTURES / "official_keys_d16.json").read_text())
     cfg = load_config("var_d16")
@@ -118,7 +118,7 @@ def test_full_size_official_key_lists_convert_exactly():
         tok = MSVQTokenizer(section(cfg, "msvq"))
         var = VARMethod(section(cfg, "var"), TokenSpec(32, 16, 1000), tok)
     vae_sd = {k: torch.empty(s, device="meta") for k, s in keys["vqvae"].items()}
-    converted = convert_official(vae_sd)
+    converted = MSVQTokenizer.convert_official(vae_sd)
     converted["quantize.train_steps"] = tok.state_dict()["quantize.train_steps"]
     check_keys(tok.state_dict(), converted, "vae_ch160v4096z32.pth key list", "msvq")
     var_sd = {k: torch.zeros(s) if k.endswith("zero_k_bias") else torch.empty(s, device="meta")

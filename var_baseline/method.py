@@ -3,34 +3,29 @@ scale-by-scale sampler (KV cache, CFG growing linearly over scales, top-k / top-
 Gumbel smoothing), around the network in var_baseline/model.py and the msvq quantizer."""
 from __future__ import annotations
 
-
 import torch
+import torch.nn.functional as F
 
 from methods.adaln_ar import check_tokenizer, cross_entropy, drop_labels
-from methods.base import Method, TokenSpec
+from methods.base import Generators, Method, ResidualTokenizer, TokenSpec
+from methods.guidance import guide_logits
 from methods.registry import METHODS
-from methods.sampling import Generators, cfg_logits, gumbel_softmax, sample_tokens
+from methods.sampling import gumbel_softmax, sample_tokens
+from var_baseline import weights
 from var_baseline.model import VAR, VARConfig
-
-SAMPLER_KEYS = ("cfg", "top_k", "top_p", "more_smooth")
 
 
 @METHODS.register_module("var")
 class VARMethod(Method):
-    """VAR on the msvq tokenizer: trained on cached token indices, sampled over the training scales."""
+    """VAR on a residual tokenizer (msvq): trained on cached token indices, sampled over the
+    training scales."""
     Config = VARConfig
     tokenizer_kind = "multiscale_residual"
-    sampler_keys = SAMPLER_KEYS
 
-    def __init__(self, cfg: VARConfig, spec: TokenSpec, tokenizer=None):
+    def __init__(self, cfg: VARConfig, spec: TokenSpec, tokenizer: ResidualTokenizer | None = None):
         super().__init__(cfg, spec, tokenizer)
         check_tokenizer(tokenizer, self.tokenizer_kind, "VAR", "msvq", spec.latent_size)
-        quantizer = tokenizer.quantize
-        self.model = VAR(cfg, quantizer.channels, quantizer.vocab_size, quantizer.patch_nums, spec.num_classes)
-
-    @property
-    def quantizer(self):
-        return self.tokenizer.quantize
+        self.model = VAR(cfg, tokenizer.channels, tokenizer.vocab_size, tokenizer.patch_nums, spec.num_classes)
 
     def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         return list(tokens.split([p * p for p in self.model.patch_nums], dim=1))
@@ -39,7 +34,7 @@ class VARMethod(Method):
         """Cross-entropy of every scale's tokens given the coarser scales (teacher forcing);
         the class is replaced by the null class with probability ``cond_drop_rate``."""
         with torch.no_grad():
-            x_input = self.quantizer.teacher_forcing_input(self.split(tokens))
+            x_input = self.tokenizer.teacher_forcing_input(self.split(tokens))
         labels = drop_labels(labels, self.cfg.cond_drop_rate, self.model.num_classes, generator)
         return cross_entropy(self.model(labels, x_input), tokens)
 
@@ -53,8 +48,7 @@ class VARMethod(Method):
 
     def load_weights(self, state_dict_or_path, ema: bool = True) -> "VARMethod":
         """A suite run's ``.safetensors`` or an official checkpoint (``var_d16.pth`` ...); strict."""
-        from var_baseline import official
-        return official.load(self, state_dict_or_path)
+        return weights.load(self, state_dict_or_path)
 
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, generator: Generators = None, return_tokens: bool = False,
@@ -67,8 +61,8 @@ class VARMethod(Method):
         not for FID). ``generator``: one for the batch (the official draw order) or one per
         image. ``return_tokens`` also returns the tokens drawn at every scale."""
         s = self.sampler_settings(**settings)
-        model, quantizer = self.model, self.quantizer
-        B, K, C = labels.shape[0], len(model.patch_nums), quantizer.channels
+        model, tok = self.model, self.tokenizer
+        B, K, C = labels.shape[0], len(model.patch_nums), tok.channels
         class_embedding = model.class_emb(torch.cat((labels, torch.full_like(labels, model.num_classes))))
         x = model.first_input(class_embedding)                                     # (2B, first_l, width)
         f_hat = class_embedding.new_zeros(B, C, model.patch_nums[-1], model.patch_nums[-1])
@@ -77,16 +71,16 @@ class VARMethod(Method):
         try:
             for k, pn in enumerate(model.patch_nums):
                 ratio = k / (K - 1)
-                logits = cfg_logits(model.step(x, class_embedding), s["cfg"] * ratio)
+                logits = guide_logits(model.step(x, class_embedding), s["cfg"] * ratio)
                 idx = sample_tokens(logits, generator, s["top_k"], s["top_p"])      # filters logits in place
                 drawn.append(idx)
                 if s["more_smooth"]:   # temperature annealed over scales, as MaskGIT
-                    weights = gumbel_softmax(logits.mul(1 + ratio), max(0.27 * (1 - ratio * 0.95), 0.005), generator)
-                    h = weights @ quantizer.embedding.weight.unsqueeze(0)
+                    mix = gumbel_softmax(logits.mul(1 + ratio), max(0.27 * (1 - ratio * 0.95), 0.005), generator)
+                    h = mix @ tok.codebook().unsqueeze(0)
                 else:
-                    h = quantizer.embedding(idx)
+                    h = F.embedding(idx, tok.codebook())
                 h = h.transpose_(1, 2).reshape(B, C, pn, pn)
-                f_hat, next_map = quantizer.next_input(k, f_hat, h)
+                f_hat, next_map = tok.next_input(k, f_hat, h)
                 if k < K - 1:
                     x = model.next_input(next_map, k + 1).repeat(2, 1, 1)             # [cond; uncond]
         finally:

@@ -14,24 +14,27 @@ Parameter names follow the official code (models/var.py) except ``attn.qkv`` (of
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from methods.adaln_ar import AdaLNARConfig, AdaLNARTransformer
+from methods.adaln_ar import AdaLNARConfig, AdaLNARTransformer, TokenSamplerConfig
 from methods.scales import block_causal_mask, token_offsets
+
+
+@dataclass
+class VARSampler(TokenSamplerConfig):
+    """The official demo / FID settings: cfg 1.5 (the guidance weight at the last scale, linear
+    from 0 at the first), top_k 900, top_p 0.96."""
+    more_smooth: bool = False          # Gumbel-softmax code mixing (for visualisation, not FID)
 
 
 @dataclass
 class VARConfig(AdaLNARConfig):
     """VAR model (``AdaLNARConfig``: depth alone gives the official width and heads) and sampler."""
     tokenizer: str = "msvq"
-    # sampler (official demo / FID settings: cfg 1.5, top_k 900, top_p 0.96)
-    cfg: float = 1.5                   # guidance weight at the last scale, linear from 0 at the first
-    top_k: int = 900
-    top_p: float = 0.96
-    more_smooth: bool = False          # Gumbel-softmax code mixing (for visualisation, not FID)
+    sampler: VARSampler = field(default_factory=VARSampler)
 
 
 class VAR(AdaLNARTransformer):

@@ -19,18 +19,20 @@ and the Gumbel noise of ``more_smooth``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 
+from methods.adaln_ar import official_labels
 from methods.base import TokenSpec
-from methods.adaln_ar import check_size, official_labels, read_official_state, rename_official
-from methods.checkpoints import check_keys
-from methods.tokenizers.msvq import VAR_PATCH_NUMS, MSVQConfig, MSVQTokenizer, load_official, read_official
+from methods.tokenizers.msvq import MSVQConfig, MSVQTokenizer
+from methods.tokenizers.vq import VAR_PATCH_NUMS
 from var_baseline.method import VARMethod
 from var_baseline.model import VARConfig
+from var_baseline.weights import convert, load as load_var   # the suite's own loading, under the official names
 
-_DERIVED_BUFFERS = ("lvl_1L", "attn_bias_for_masking")   # recomputed from patch_nums here
+__all__ = ["build_vqvae", "build", "build_vae_var", "load", "load_vqvae", "convert", "img_to_indices",
+           "indices_to_img", "teacher_forcing_input", "logits", "sample"]
 
 
 def build_vqvae(vocab_size: int = 4096, z_channels: int = 32, ch: int = 128, dropout: float = 0.0, beta: float = 0.25,
@@ -67,16 +69,16 @@ def build(vae_local: MSVQTokenizer | None = None, num_classes: int = 1000, depth
             raise ValueError("build() needs vae_local (the tokenizer) or the factory's V and Cvae")
         vae_local = build_vqvae(vocab_size=V, z_channels=Cvae, ch=ch, share_quant_resi=share_quant_resi,
                                 v_patch_nums=tuple(patch_nums or VAR_PATCH_NUMS))
-    quant = vae_local.quantize
-    if (V is not None and V != quant.vocab_size) or (Cvae is not None and Cvae != quant.channels):
-        raise ValueError(f"V={V}, Cvae={Cvae} differ from vae_local's {quant.vocab_size}, {quant.channels}")
-    if patch_nums is not None and tuple(patch_nums) != quant.patch_nums:
-        raise ValueError(f"patch_nums={tuple(patch_nums)} differ from vae_local's v_patch_nums={quant.patch_nums}")
+    tok = vae_local
+    if (V is not None and V != tok.vocab_size) or (Cvae is not None and Cvae != tok.channels):
+        raise ValueError(f"V={V}, Cvae={Cvae} differ from vae_local's {tok.vocab_size}, {tok.channels}")
+    if patch_nums is not None and tuple(patch_nums) != tok.patch_nums:
+        raise ValueError(f"patch_nums={tuple(patch_nums)} differ from vae_local's v_patch_nums={tok.patch_nums}")
     cfg = VARConfig(depth=depth, embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, drop_rate=drop_rate,
                     attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, norm_eps=norm_eps, shared_aln=shared_aln,
                     attn_l2_norm=attn_l2_norm, cond_drop_rate=cond_drop_rate, init_adaln=init_adaln,
                     init_adaln_gamma=init_adaln_gamma, init_head=init_head, init_std=init_std)
-    return VARMethod(cfg, TokenSpec(quant.channels, quant.patch_nums[-1], num_classes), vae_local)
+    return VARMethod(cfg, TokenSpec(tok.channels, tok.patch_nums[-1], num_classes), tok)
 
 
 def build_vae_var(device="cpu", patch_nums: Sequence[int] = tuple(VAR_PATCH_NUMS), V: int = 4096, Cvae: int = 32,
@@ -96,38 +98,17 @@ def build_vae_var(device="cpu", patch_nums: Sequence[int] = tuple(VAR_PATCH_NUMS
 def load_vqvae(tok: MSVQTokenizer, state_dict_or_path) -> MSVQTokenizer:
     """The official tokenizer weights (``vae_ch160v4096z32.pth`` or its state dict), strictly."""
     if isinstance(state_dict_or_path, (str, Path)):
-        return load_official(tok, read_official(state_dict_or_path), str(state_dict_or_path))
-    return load_official(tok, state_dict_or_path)
+        return tok.load_official(tok.read_official(state_dict_or_path), str(state_dict_or_path))
+    return tok.load_official(state_dict_or_path)
 
 
-def convert(state: Mapping[str, torch.Tensor], model: VARMethod, source: str) -> dict[str, torch.Tensor]:
-    """Official VAR state dict -> this model's: ``mat_qkv`` -> ``qkv``; the derived buffers
-    (``lvl_1L``, ``attn_bias_for_masking``, the zero ``zero_k_bias``) are checked and dropped."""
-    mask, L = state.get("attn_bias_for_masking"), model.network.L
-    if mask is not None and mask.shape[-1] != L:
-        raise RuntimeError(f"{source} was trained with {mask.shape[-1]} tokens per image (its patch_nums), the model "
-                           f"here has L={L} (patch_nums={list(model.network.patch_nums)}); build it with the "
-                           "checkpoint's patch_nums")
-    return rename_official(state, source, derived=_DERIVED_BUFFERS)
-
-
-def load(model: VARMethod, state_dict_or_path, name: str | None = None) -> VARMethod:
-    """Load a VAR checkpoint strictly: an official ``var_d*.pth`` (a bare state dict), an
-    official training checkpoint's ``trainer.var_wo_ddp``, a suite ``.safetensors``, or a state
-    dict in either naming (a tokenizer given as ``model`` gets its VQVAE weights). Errors name
-    the file and what to change."""
+def load(model: VARMethod | MSVQTokenizer, state_dict_or_path, name: str | None = None):
+    """Load a VAR checkpoint strictly (var_baseline/weights.py: official ``var_d*.pth``, a training
+    checkpoint's ``trainer.var_wo_ddp``, a suite ``.safetensors``, a state dict); a tokenizer
+    given as ``model`` gets its VQVAE weights."""
     if isinstance(model, MSVQTokenizer):   # load(vqvae, "vae_ch160v4096z32.pth") works too
         return load_vqvae(model, state_dict_or_path)
-    what = "a VAR checkpoint (var_d16.pth ... var_d30.pth, or a suite model.safetensors)"
-    source, state = read_official_state(state_dict_or_path, what, name)
-    net = model.network
-    state = convert(state, model, source)
-    check_size(state, net, source, "var", (16, 20, 24, 30))
-    check_keys(net.state_dict(), state, source, f"the VAR built here (depth {len(net.blocks)}, width {net.C}, "
-               f"shared_aln={net.cfg.shared_aln}, attn_l2_norm={net.cfg.attn_l2_norm}, vocabulary {net.vocab_size}, "
-               f"{net.num_classes} classes, patch_nums={list(net.patch_nums)})")
-    net.load_state_dict(state, strict=True)
-    return model
+    return load_var(model, state_dict_or_path, name)
 
 
 def img_to_indices(vqvae: MSVQTokenizer, img: torch.Tensor) -> list[torch.Tensor]:
@@ -144,7 +125,7 @@ def indices_to_img(vqvae: MSVQTokenizer, indices: Sequence[torch.Tensor]) -> tor
 @torch.no_grad()
 def teacher_forcing_input(vqvae: MSVQTokenizer, indices: Sequence[torch.Tensor]) -> torch.Tensor:
     """(B, L - first_l, Cvae): the official ``idxBl_to_var_input``."""
-    return vqvae.quantize.teacher_forcing_input(indices)
+    return vqvae.teacher_forcing_input(indices)
 
 
 @torch.no_grad()

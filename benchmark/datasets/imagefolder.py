@@ -8,7 +8,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from methods.registry import DATASETS
+from benchmark.datasets.base import DATASETS, Dataset
+from methods.config import ConfigError
 
 
 def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
@@ -25,7 +26,7 @@ def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
 
 
 @DATASETS.register_module("imagefolder")
-class ImageFolder(torch.utils.data.Dataset):
+class ImageFolder(Dataset):
     def __init__(self, root: str, resolution: int = 256, split: str = "train", **unused):
         path = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
         if not path.is_dir():
@@ -38,6 +39,17 @@ class ImageFolder(torch.utils.data.Dataset):
         self.num_classes = len(self.folder.classes)
         self.class_names = tuple(self.folder.classes)
 
+    @classmethod
+    def from_config(cls, data, split: str, resolution: int) -> "ImageFolder":
+        """``train`` reads ``root/train`` (or ``root``), the held-out splits ``root/val``."""
+        if not data.root:
+            raise ConfigError("data.root is not set; imagefolder needs data.root=/path/to/folder")
+        folder = cls(root=data.root, resolution=resolution, split="train" if split == "train" else "val")
+        if folder.num_classes != data.num_classes:
+            raise ConfigError(f"data.num_classes={data.num_classes} but {data.root} has {folder.num_classes} class "
+                              f"folders; set data.num_classes={folder.num_classes}")
+        return folder
+
     def __len__(self) -> int:
         return len(self.folder)
 
@@ -46,9 +58,6 @@ class ImageFolder(torch.utils.data.Dataset):
         img = center_crop_arr(Image.open(path).convert("RGB"), resolution or self.resolution)
         x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
         return x, label
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.load(index)
 
     def render(self, indices, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Same contract as shapes: a batch of images (B, 3, H, W) in [-1, 1] and labels."""

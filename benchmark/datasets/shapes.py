@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from methods.registry import DATASETS
+from benchmark.datasets.base import DATASETS, Dataset
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent", "bar")
 SPLITS = {"train": 0, "test": 1, "reference": 2}
@@ -147,7 +147,7 @@ def render_scenes(scenes: SceneParams, resolution: int) -> torch.Tensor:
 
 
 @DATASETS.register_module("shapes")
-class Shapes(torch.utils.data.Dataset):
+class Shapes(Dataset):
     """Class-conditional shapes; `size` images per split, rendered on demand (never stored)."""
 
     def __init__(self, resolution: int = 32, num_classes: int = 8, variant: str = "easy",
@@ -162,6 +162,12 @@ class Shapes(torch.utils.data.Dataset):
         self.size, self.seed, self.split = size, seed, split
         self.class_names = CLASS_NAMES[:num_classes]
 
+    @classmethod
+    def from_config(cls, data, split: str, resolution: int) -> "Shapes":
+        # The data seed is fixed: every run seed trains and is scored on the same images.
+        return cls(resolution=resolution, num_classes=data.num_classes, variant=data.variant, size=data.train_size,
+                   seed=0, split=split)
+
     def __len__(self) -> int:
         return self.size
 
@@ -170,10 +176,6 @@ class Shapes(torch.utils.data.Dataset):
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         scenes = draw_scenes(self.seed, self.split, indices, self.num_classes, self.variant)
         return render_scenes(scenes, resolution or self.resolution), torch.as_tensor(scenes["labels"])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img, label = self.render([index])
-        return img[0], int(label[0])
 
     def batches(self, batch_size: int, resolution: int | None = None):
         """All images in index order, rendered batch-wise."""

@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.datasets.shapes import Shapes
+from benchmark.io import atomic_write, write_text
 
 # Bump whenever the architecture, augmentations or training recipe change, so that stale
 # cached classifiers are never reused.
@@ -75,7 +75,7 @@ class ShapeClassifier(nn.Module):
         self.head = nn.Linear(feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (B, feature_dim), the space `frechet_distance` works in."""
+        """Penultimate features (B, feature_dim): the space of the domain FD, KID and precision/recall."""
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               antialias=True, align_corners=False)
@@ -233,20 +233,6 @@ def _cache_paths(cache_dir: Path, config: dict) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same directory and `os.replace`, so that concurrent jobs
-    and crashes never leave a half-written file under the final name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def load_classifier(path: str | Path) -> ShapeClassifier:
     """A cached classifier (its class count read from the file). A file that cannot be loaded
     raises a RuntimeError naming it."""
@@ -277,8 +263,8 @@ def classifier_weights(dataset: Shapes, cache_dir: str | Path, steps: int = 600,
     info = dict(config=config, train_seconds=round(time.perf_counter() - start, 1),
                 test_accuracy=round(accuracy_on_real(model, dataset, n=eval_images), 4), test_images=eval_images)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"config": json.dumps(config)}))
-    _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"config": json.dumps(config)}))
+    write_text(sidecar, json.dumps(info, indent=2) + "\n")
     return weights
 
 
@@ -318,19 +304,3 @@ def class_consistency(model: ShapeClassifier, images: torch.Tensor, labels: torc
     """Share of `images` that the classifier assigns to their `labels` (the conditioning class)."""
     logits, _ = predict(model, images)
     return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
-
-
-def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Tensor | np.ndarray) -> float:
-    """Fréchet distance between Gaussian fits of two (N, D) feature sets.
-
-    Meant for `ShapeClassifier.features`: a Fréchet distance in the shapes classifier's
-    feature space, *not* Inception FID. The Gaussian fit and the matrix square root are
-    torch-fidelity's own (`fid_features_to_statistics`, `fid_statistics_to_metric`), in float64.
-    Use well over D samples per set (D = 128 for the classifier) so the covariances are full rank.
-    """
-    # Imported here: torch_fidelity takes about a second to import and only this needs it.
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-
-    stats = [fid_features_to_statistics(torch.as_tensor(f).detach().cpu().to(torch.float64))
-             for f in (features_a, features_b)]
-    return float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID])

@@ -24,7 +24,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from benchmark.metrics import classifier as clf
-from benchmark.metrics.fidelity import UInt8Images
+from benchmark.metrics.fidelity import UInt8Images, frechet_distance
 
 FEATURE_EXTRACTOR = "shapes-classifier"
 FEATURES = "shapes-features"
@@ -99,19 +99,19 @@ def domain_metrics(samples: dict[str, torch.Tensor], reference: dict[str, torch.
     ``torch_fidelity.calculate_metrics`` runs after extracting features); with ``labels``, the
     class consistency too. The reference features are extracted once and reused for every row.
     KID subsets shrink to the smaller set when it has fewer than ``kid_subset_size`` images."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_featuresdict_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_featuresdict_to_metric
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_featuresdict_to_metric
     from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_featuresdict_to_metric
     n = min(len(samples[FEATURES]), len(reference[FEATURES]))
     kwargs = dict(verbose=False, isc_splits=ISC_SPLITS, kid_subsets=KID_SUBSETS, kid_subset_size=min(kid_subset_size, n),
                   prc_neighborhood=PRC_NEIGHBORHOOD, save_cpu_ram=True)
-    fid = fid_statistics_to_metric(fid_featuresdict_to_statistics(samples, FEATURES),
-                                   fid_featuresdict_to_statistics(reference, FEATURES), False)
+    fid = frechet_distance(fid_featuresdict_to_statistics(samples, FEATURES),
+                           fid_featuresdict_to_statistics(reference, FEATURES))
     kid = kid_featuresdict_to_metric(samples, reference, FEATURES, **kwargs)
     prc = prc_featuresdict_to_metric(samples, reference, FEATURES, **kwargs)
     isc = isc_featuresdict_to_metric(samples, LOGITS, **kwargs)
-    out = {KEY_FD: fid[KEY_METRIC_FID], KEY_KID: kid[KEY_METRIC_KID_MEAN], KEY_PRECISION: prc[KEY_METRIC_PRECISION],
+    out = {KEY_FD: fid, KEY_KID: kid[KEY_METRIC_KID_MEAN], KEY_PRECISION: prc[KEY_METRIC_PRECISION],
            KEY_RECALL: prc[KEY_METRIC_RECALL], KEY_IS: isc[KEY_METRIC_ISC_MEAN]}
     if labels is not None:
         predicted = samples[LOGITS].argmax(1)

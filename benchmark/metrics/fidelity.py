@@ -131,13 +131,21 @@ def write_reference(path: str | Path, images: torch.Tensor | None = None, mu: np
         arrays["arr_0"] = UInt8Images(images).images.permute(0, 2, 3, 1).numpy()
     if mu is not None:
         arrays["mu"], arrays["sigma"] = np.asarray(mu), np.asarray(sigma)
-    np.savez(path, **arrays)
+    with open(path, "wb") as f:   # a file object: np.savez would append ".npz" to a path without it
+        np.savez(f, **arrays)
     return Path(path)
 
 
 # -- metrics ----------------------------------------------------------------------------------
+def features_to_statistics(features) -> dict:
+    """{mu, sigma} of (N, D) features, fitted in float64 (torch-fidelity's own fit)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+    return fid_features_to_statistics(torch.as_tensor(features).detach().cpu().to(torch.float64))
+
+
 def frechet_distance(stats_1: dict, stats_2: dict) -> float:
-    """FID between two {mu, sigma} (torch-fidelity's own computation, float64)."""
+    """The one Fréchet distance of the suite: between two {mu, sigma} Gaussians (torch-fidelity's
+    own computation, float64). Used for Inception FID and for the domain FD alike."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
     cast = lambda s: {"mu": np.asarray(s["mu"], dtype=np.float64), "sigma": np.asarray(s["sigma"], dtype=np.float64)}
     return float(fid_statistics_to_metric(cast(stats_1), cast(stats_2), verbose=False)[KEY_METRIC_FID])
@@ -145,12 +153,11 @@ def frechet_distance(stats_1: dict, stats_2: dict) -> float:
 
 def inception_statistics(images: torch.Tensor, weights: Path, batch_size: int = 50, device: str = "cpu") -> dict:
     """{mu, sigma} of the Inception pool features (2048) of uint8 images, by torch-fidelity."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
     extractor = create_feature_extractor(FEATURE_EXTRACTOR, [FID_LAYER], cuda=device == "cuda",
                                          feature_extractor_weights_path=str(weights), verbose=False)
     features = get_featuresdict_from_dataset(UInt8Images(images), extractor, batch_size, device == "cuda", True, False)
-    return fid_features_to_statistics(features[FID_LAYER])
+    return features_to_statistics(features[FID_LAYER])
 
 
 def fidelity_metrics(samples: torch.Tensor, reference: dict, weights: Path, isc: bool = True, fid: bool = True,

@@ -10,7 +10,7 @@ and sampled on lists it never saw. Any code map (B, C, pn, pn) decodes through a
 generates at resolutions beyond its training one.
 
 The encoder/decoder are diffusers' (LDM VQ layout, as msvq); the official LlamaGen-named
-checkpoint converts strictly through ``convert_official``. Trained here with the
+checkpoint converts strictly through ``FlexVQTokenizer.convert_official``. Trained here with the
 reconstruction of several scales (each decoded image against the image area-resized to its
 size, as FlexVAE's multi-scale objective), the commitment and codebook terms, and dead-code
 restarts.
@@ -18,68 +18,50 @@ restarts.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import List, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.base import GroundTruthTokenizer
+from methods.config import check_positive
 from methods.registry import TOKENIZERS
-from methods.tokenizers.msvq import VAR_PATCH_NUMS, convert_ldm_autoencoder, ldm_encoder_decoder, restart_dead_codes
+from methods.tokenizers.msvq import convert_ldm_autoencoder
+from methods.tokenizers.vq import VQConfig, VQTokenizer, restart_dead_codes
 
 
 @dataclass
-class FlexVQConfig:
+class FlexVQConfig(VQConfig):
     """Defaults are the official FlexVAR tokenizer (LlamaGen ``VQ_16(codebook_size=4096,
     codebook_embed_dim=32)``: ch 128, z 256, stride 16)."""
-    vocab_size: int = 4096
     code_dim: int = 32                   # official codebook_embed_dim (Cvae)
     z_channels: int = 256                # encoder output / decoder input width
-    ch: int = 128
-    ch_mult: List[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])
-    num_res_blocks: int = 2
-    norm_num_groups: int = 32
     codebook_l2_norm: bool = True
-    beta: float = 0.25                   # commitment weight
-    patch_nums: List[int] = field(default_factory=lambda: list(VAR_PATCH_NUMS))   # the training scale list
-    restart_every: int = 25              # dead-code restarts when trained here (0: off)
-    restart_threshold: float = 0.03
     recon_scales: int = 2                # scales reconstructed per training step (the last + random others)
-    pretrained: Optional[str] = None     # an official FlexVAE checkpoint to load instead of training
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 1e-3
+
+    official_file: ClassVar[str] = ("the official FlexVAR tokenizer checkpoint (FlexVAE.pth from "
+                                    "huggingface.co/jiaosiyu1999/FlexVAR)")
 
     def check(self, key: str) -> None:
-        from benchmark.config import ConfigError, check_positive
-        for name in ("vocab_size", "code_dim", "z_channels", "ch", "num_res_blocks", "norm_num_groups", "steps",
-                     "batch_size", "lr", "recon_scales"):
+        super().check(key)
+        for name in ("code_dim", "z_channels", "recon_scales"):
             check_positive(f"{key}.{name}", getattr(self, name))
-        pn = list(self.patch_nums)
-        if len(pn) < 2 or any(b <= a for a, b in zip(pn, pn[1:])) or pn[0] < 1:
-            raise ConfigError(f"{key}.patch_nums={pn} must be at least two increasing positive sides, e.g. [1, 2, 4, 8]")
-        for width in (self.ch * m for m in self.ch_mult):
-            if width % self.norm_num_groups:
-                raise ConfigError(f"{key}: width {width} (ch * ch_mult) is not divisible by "
-                                  f"{key}.norm_num_groups={self.norm_num_groups}")
-        if self.pretrained and not Path(self.pretrained).is_file():
-            raise ConfigError(f"{key}.pretrained={self.pretrained!r} is not a file; give the local path of the official "
-                              "FlexVAR tokenizer checkpoint (FlexVAE.pth from huggingface.co/jiaosiyu1999/FlexVAR)")
 
 
 @TOKENIZERS.register_module("flexvq")
-class FlexVQTokenizer(nn.Module):
+class FlexVQTokenizer(GroundTruthTokenizer, VQTokenizer):
     """encoder -> quant_conv -> per-scale cosine VQ -> post_quant_conv -> decoder."""
     Config = FlexVQConfig
     kind = "multiscale_groundtruth"
+    name = "flexvq"
+    official_what = "the FlexVAR tokenizer (a LlamaGen VQ checkpoint with 'model')"
+    monitor_buffers = ("ema_hits", "train_steps")   # ours only: usage monitor and the restart clock
 
     def __init__(self, cfg: FlexVQConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder, self.decoder = ldm_encoder_decoder(cfg.z_channels, cfg.ch, cfg.ch_mult, cfg.num_res_blocks,
-                                                         cfg.norm_num_groups)
+        super().__init__(cfg)
+        self.build_autoencoder(cfg.z_channels)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.code_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.code_dim, cfg.z_channels, 1)
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.code_dim)
@@ -89,29 +71,10 @@ class FlexVQTokenizer(nn.Module):
         self.register_buffer("ema_hits", torch.zeros(cfg.vocab_size))                   # usage monitor
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))          # restart clock
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path, cfg: FlexVQConfig | None = None) -> "FlexVQTokenizer":
-        from methods.checkpoints import read_checkpoint, tensor_dict
-        what = "the FlexVAR tokenizer (a LlamaGen VQ checkpoint with 'model')"
-        state = tensor_dict(read_checkpoint(path, what), str(path), what, nested=("model",))
-        return load_official(cls(cfg or FlexVQConfig()), state, str(path))
-
     # -- geometry ----------------------------------------------------------------------
     @property
     def channels(self) -> int:
         return self.cfg.code_dim
-
-    @property
-    def stride(self) -> int:
-        return 2 ** (len(self.cfg.ch_mult) - 1)
-
-    @property
-    def patch_nums(self) -> tuple[int, ...]:
-        return tuple(self.cfg.patch_nums)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.cfg.vocab_size
 
     # -- quantization ------------------------------------------------------------------
     def codebook(self) -> torch.Tensor:
@@ -165,9 +128,6 @@ class FlexVQTokenizer(nn.Module):
         computed from these on the fly."""
         return self.features(images)
 
-    def from_cache(self, cached: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return cached
-
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images -> the quantized code map of the final scale (B, C, h, w)."""
         f = self.features(images)
@@ -216,6 +176,20 @@ class FlexVQTokenizer(nn.Module):
         return {"codebook_usage_pct": 100.0 * used / self.vocab_size, "dead_codes": self.vocab_size - used,
                 "codebook_usage_per_scale_pct": [100.0 * torch.unique(i).numel() / self.vocab_size for i in per_scale]}
 
+    @classmethod
+    def convert_official(cls, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Official FlexVAE / LlamaGen VQModel state dict -> this tokenizer's. The usage buffer
+        ``quantize.codebook_used`` (a training log) is dropped; every other key is used once."""
+        autoencoder, out = {}, {}
+        for key, value in sd.items():
+            if key.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")):
+                autoencoder[key] = value
+            elif key == "quantize.embedding.weight":
+                out["embedding.weight"] = value
+            elif key != "quantize.codebook_used":
+                raise RuntimeError(f"unexpected key {key!r} in a FlexVAR tokenizer state dict")
+        return {**out, **convert_ldm_autoencoder(llamagen_to_ldm(autoencoder))}
+
 
 # -- the official checkpoint (LlamaGen VQModel names) -----------------------------------------
 _LEVEL = re.compile(r"^(encoder|decoder)\.conv_blocks\.(\d+)\.(res|attn|downsample|upsample)(\..*)$")
@@ -240,33 +214,3 @@ def llamagen_to_ldm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             key = f"{mid.group(1)}.mid.{_MID_NAMES[mid.group(2)]}{mid.group(3)}"
         out[key] = value
     return out
-
-
-def convert_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official FlexVAE / LlamaGen VQModel state dict -> this tokenizer's. The usage buffer
-    ``quantize.codebook_used`` (a training log) is dropped; every other key is used once."""
-    autoencoder, out = {}, {}
-    for key, value in sd.items():
-        if key.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")):
-            autoencoder[key] = value
-        elif key == "quantize.embedding.weight":
-            out["embedding.weight"] = value
-        elif key != "quantize.codebook_used":
-            raise RuntimeError(f"unexpected key {key!r} in a FlexVAR tokenizer state dict")
-    out.update(convert_ldm_autoencoder(llamagen_to_ldm(autoencoder)))
-    return out
-
-
-def load_official(tok: FlexVQTokenizer, sd: Mapping[str, torch.Tensor], source: str = "state dict") -> FlexVQTokenizer:
-    from methods.checkpoints import check_keys
-    try:
-        converted = convert_official(sd)
-    except RuntimeError as err:
-        raise RuntimeError(f"{source}: {err}") from None
-    target = tok.state_dict()
-    for key in ("ema_hits", "train_steps"):   # ours only: monitoring and the restart clock
-        converted.setdefault(key, target[key])
-    check_keys(target, converted, source, "the flexvq tokenizer built here (check flexvq.vocab_size, code_dim, "
-               "z_channels, ch, ch_mult against the checkpoint)")
-    tok.load_state_dict(converted, strict=True)
-    return tok.eval()

@@ -10,75 +10,50 @@ scales (``share_quant_resi``): scale k uses the phi whose "tick" is nearest to k
 
 The encoder and decoder are diffusers' ``Encoder``/``Decoder`` (LDM's VQ-f16 layout: resnets,
 self-attention at the lowest resolution and in the middle); the official VAR checkpoint
-``vae_ch160v4096z32.pth`` loads strictly through ``load_official`` (LDM names converted with
-the same machinery as MAR's KL-16, fused q/k/v convolutions split).
+``vae_ch160v4096z32.pth`` loads strictly through ``from_pretrained`` (LDM names converted with
+the same machinery as MAR's KL-16, methods/tokenizers/ldm.py; fused q/k/v convolutions split).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import List, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import nn
 
+from methods.base import ResidualTokenizer
+from methods.config import ConfigError, check_positive
 from methods.registry import TOKENIZERS
-
-VAR_PATCH_NUMS = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
+from methods.tokenizers.ldm import convert_ldm, split_fused_qkv
+from methods.tokenizers.vq import VQConfig, VQTokenizer, restart_dead_codes
 
 
 @dataclass
-class MSVQConfig:
+class MSVQConfig(VQConfig):
     """Defaults are the official VAR tokenizer (``vae_ch160v4096z32.pth``)."""
-    vocab_size: int = 4096
     z_channels: int = 32                 # code width (official Cvae)
     ch: int = 160
-    ch_mult: List[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])   # stride 2 ** (len - 1)
-    num_res_blocks: int = 2
-    norm_num_groups: int = 32
     using_sa: bool = True                # attention at the lowest resolution level
     using_mid_sa: bool = True
-    beta: float = 0.25                   # commitment weight
     using_znorm: bool = False            # cosine instead of L2 nearest neighbour
     quant_conv_ks: int = 3
     quant_resi: float = 0.5              # phi(h) = (1 - q) h + q conv(h)
     share_quant_resi: int = 4            # 0: one phi per scale; 1: one phi; n: n shared phis
     default_qresi_counts: int = 0        # with share_quant_resi=0: number of phis (0: one per scale)
-    # Training here: every `restart_every` steps, codes that went unused (EMA hits below
-    # `restart_threshold` per step) restart at residual vectors drawn from the batch. Without
-    # it a small codebook trained from scratch collapses to a few percent of its codes (measured).
-    restart_every: int = 25
-    restart_threshold: float = 0.03
-    patch_nums: List[int] = field(default_factory=lambda: list(VAR_PATCH_NUMS))
-    # An official VAR tokenizer checkpoint (vae_ch160v4096z32.pth) to load instead of training.
-    pretrained: Optional[str] = None
-    steps: int = 1500                    # training steps (when not pretrained)
-    batch_size: int = 64
-    lr: float = 1e-3
+
+    official_file: ClassVar[str] = "the official VAR tokenizer (vae_ch160v4096z32.pth from huggingface.co/FoundationVision/var)"
 
     def check(self, key: str) -> None:
-        from benchmark.config import ConfigError, check_positive
-        for name in ("vocab_size", "z_channels", "ch", "num_res_blocks", "norm_num_groups", "steps", "batch_size",
-                     "lr", "quant_conv_ks"):
+        super().check(key)
+        for name in ("z_channels", "quant_conv_ks"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_positive(f"{key}.share_quant_resi", self.share_quant_resi, allow_zero=True)
         check_positive(f"{key}.default_qresi_counts", self.default_qresi_counts, allow_zero=True)
-        pn = list(self.patch_nums)
-        if len(pn) < 2 or any(b <= a for a, b in zip(pn, pn[1:])) or pn[0] < 1:
-            raise ConfigError(f"{key}.patch_nums={pn} must be at least two increasing positive sides, e.g. [1, 2, 4, 8]")
         if self.quant_conv_ks % 2 == 0:
             raise ConfigError(f"{key}.quant_conv_ks={self.quant_conv_ks} must be odd (same-size convolution)")
-        for width in (self.ch * m for m in self.ch_mult):
-            if width % self.norm_num_groups:
-                raise ConfigError(f"{key}: width {width} (ch * ch_mult) is not divisible by "
-                                  f"{key}.norm_num_groups={self.norm_num_groups}")
-        if self.pretrained and not Path(self.pretrained).is_file():
-            raise ConfigError(f"{key}.pretrained={self.pretrained!r} is not a file; give the local path of the "
-                              "official VAR tokenizer (vae_ch160v4096z32.pth from huggingface.co/FoundationVision/var)")
 
 
 def phi_ticks(count: int) -> np.ndarray:
@@ -96,20 +71,6 @@ class Phi(nn.Conv2d):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h.mul(1 - self.ratio) + super().forward(h).mul_(self.ratio)
-
-
-@torch.no_grad()
-def restart_dead_codes(codebook: torch.Tensor, hits: torch.Tensor, threshold: float, candidates: torch.Tensor,
-                       generator: torch.Generator | None) -> int:
-    """Move codes whose EMA hits (summed over scales, hits (..., V)) fell below ``threshold``
-    onto vectors drawn from ``candidates`` (N, C) (Dhariwal et al. 2020, Jukebox's codebook
-    restarts); their hit counts restart at 1 to give them time to be used."""
-    dead = (hits.reshape(-1, hits.shape[-1]).sum(0) < threshold).nonzero()[:, 0]
-    if len(dead):
-        pick = torch.randint(len(candidates), (len(dead),), generator=generator, device=candidates.device)
-        codebook.data[dead] = candidates[pick].to(codebook.dtype)
-        hits[..., dead] = 1.0
-    return len(dead)
 
 
 class MultiScaleQuantizer(nn.Module):
@@ -239,50 +200,23 @@ class MultiScaleQuantizer(nn.Module):
         return f_hat, F.interpolate(f_hat, size=(nxt, nxt), mode="area")
 
 
-def ldm_encoder_decoder(z_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int, norm_num_groups: int,
-                        using_sa: bool = True, using_mid_sa: bool = True) -> tuple[Encoder, Decoder]:
-    """diffusers' Encoder/Decoder in the LDM VQ layout (VQGAN, VAR, LlamaGen): ``ch * ch_mult``
-    widths, self-attention after every resnet of the lowest-resolution level (``using_sa``)
-    and in the middle (``using_mid_sa``), GroupNorm eps 1e-6, no double z."""
-    levels = len(ch_mult)
-    widths = tuple(ch * m for m in ch_mult)
-    down = tuple("AttnDownEncoderBlock2D" if using_sa and i == levels - 1 else "DownEncoderBlock2D" for i in range(levels))
-    up = tuple("AttnUpDecoderBlock2D" if using_sa and i == 0 else "UpDecoderBlock2D" for i in range(levels))
-    encoder = Encoder(in_channels=3, out_channels=z_channels, down_block_types=down, block_out_channels=widths,
-                      layers_per_block=num_res_blocks, norm_num_groups=norm_num_groups, double_z=False,
-                      mid_block_add_attention=using_mid_sa)
-    decoder = Decoder(in_channels=z_channels, out_channels=3, up_block_types=up, block_out_channels=widths,
-                      layers_per_block=num_res_blocks, norm_num_groups=norm_num_groups, mid_block_add_attention=using_mid_sa)
-    return encoder, decoder
-
-
 def convert_ldm_autoencoder(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """LDM-named encoder/decoder/quant-conv keys -> diffusers names (fused 1 x 1 q/k/v
-    convolutions split first); every key used exactly once (methods/tokenizers/mar.py)."""
-    from methods.tokenizers.mar import _converted, mar_key_map
-    ldm = {}
-    for key, value in sd.items():
-        m_qkv = _FUSED_QKV.match(key)
-        if m_qkv:   # AttnBlock's qkv conv (3C, C, 1, 1) -> LDM's q, k, v
-            for name, part in zip("qkv", value.chunk(3, dim=0)):
-                ldm[f"{m_qkv.group(1)}.{name}.{m_qkv.group(2)}"] = part
-        else:
-            ldm[key] = value
-    mapping = mar_key_map({k: tuple(v.shape) for k, v in ldm.items()})
-    return {new: _converted(ldm[old], new) for new, old in mapping.items()}
+    """LDM-named encoder/decoder/quant-conv keys (VAR's fused q/k/v split first) -> diffusers names."""
+    return convert_ldm(split_fused_qkv(sd))[1]
 
 
 @TOKENIZERS.register_module("msvq")
-class MSVQTokenizer(nn.Module):
+class MSVQTokenizer(ResidualTokenizer, VQTokenizer):
     """VAR's VQVAE: encoder -> quant_conv -> multi-scale residual quantizer -> post_quant_conv -> decoder."""
     Config = MSVQConfig
     kind = "multiscale_residual"
+    name = "msvq"
+    official_what = "the VAR tokenizer (vae_ch160v4096z32.pth)"
+    monitor_buffers = ("quantize.ema_vocab_hit_SV", "quantize.train_steps")   # a training log and the restart clock
 
     def __init__(self, cfg: MSVQConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder, self.decoder = ldm_encoder_decoder(cfg.z_channels, cfg.ch, cfg.ch_mult, cfg.num_res_blocks,
-                                                         cfg.norm_num_groups, cfg.using_sa, cfg.using_mid_sa)
+        super().__init__(cfg)
+        self.build_autoencoder(cfg.z_channels, cfg.using_sa, cfg.using_mid_sa)
         ks = cfg.quant_conv_ks
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
@@ -290,25 +224,25 @@ class MSVQTokenizer(nn.Module):
                                             cfg.quant_resi, cfg.share_quant_resi, cfg.default_qresi_counts,
                                             cfg.restart_every, cfg.restart_threshold)
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path, cfg: MSVQConfig | None = None) -> "MSVQTokenizer":
-        """The official VAR tokenizer (``vae_ch160v4096z32.pth``), ``cfg`` its architecture."""
-        tok = cls(cfg or MSVQConfig())
-        return load_official(tok, read_official(path), str(path))
-
-    # -- what the harness uses ---------------------------------------------------------
+    # -- the residual-tokenizer interface (methods.base.ResidualTokenizer) -----------------
     @property
     def channels(self) -> int:
         return self.cfg.z_channels
 
     @property
-    def stride(self) -> int:
-        return 2 ** (len(self.cfg.ch_mult) - 1)
-
-    @property
     def patch_nums(self) -> tuple[int, ...]:
         return self.quantize.patch_nums
 
+    def codebook(self) -> torch.Tensor:
+        return self.quantize.embedding.weight
+
+    def teacher_forcing_input(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.quantize.teacher_forcing_input(indices)
+
+    def next_input(self, k: int, f_hat: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.quantize.next_input(k, f_hat, h)
+
+    # -- images <-> tokens ------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.quant_conv(self.encoder(images))
 
@@ -329,9 +263,6 @@ class MSVQTokenizer(nn.Module):
     def to_cache(self, images: torch.Tensor) -> torch.Tensor:
         """What the training cache stores: all scales' indices, concatenated (B, L)."""
         return torch.cat(self.img_to_indices(images), dim=1)
-
-    def from_cache(self, cached: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return cached
 
     def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """(B, L) -> per-scale [(B, pn^2)]."""
@@ -367,49 +298,23 @@ class MSVQTokenizer(nn.Module):
         return {"codebook_usage_pct": 100.0 * used / self.cfg.vocab_size, "dead_codes": self.cfg.vocab_size - used,
                 "codebook_usage_per_scale_pct": per_scale}
 
+    # -- the official checkpoint -------------------------------------------------------
+    @classmethod
+    def convert_official(cls, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Official VQVAE state dict -> this tokenizer's (encoder/decoder: LDM -> diffusers names;
+        phis: ``quant_resi.{qresi_ls.i | qresi | i}`` -> ``phi.i``). Every official key is used once."""
+        autoencoder, out = {}, {}
+        for key, value in sd.items():
+            m_phi = _PHI.match(key)
+            if key.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")):
+                autoencoder[key] = value
+            elif m_phi:
+                out[f"quantize.phi.{m_phi.group(1) or m_phi.group(2) or 0}.{m_phi.group(3)}"] = value
+            elif key in ("quantize.embedding.weight", "quantize.ema_vocab_hit_SV"):
+                out[key] = value
+            else:
+                raise RuntimeError(f"unexpected key {key!r} in a VAR tokenizer state dict")
+        return {**out, **convert_ldm_autoencoder(autoencoder)}
 
-# -- the official checkpoint ------------------------------------------------------------
-_FUSED_QKV = re.compile(r"^(.*)\.qkv\.(weight|bias)$")
+
 _PHI = re.compile(r"^quantize\.quant_resi\.(?:qresi_ls\.(\d+)|qresi|(\d+))\.(weight|bias)$")
-
-
-def convert_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official VQVAE state dict -> this tokenizer's (encoder/decoder: LDM -> diffusers names;
-    phis: ``quant_resi.{qresi_ls.i | qresi | i}`` -> ``phi.i``). Every official key is used once."""
-    autoencoder, out = {}, {}
-    for key, value in sd.items():
-        m_phi = _PHI.match(key)
-        if key.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")):
-            autoencoder[key] = value
-        elif m_phi:
-            out[f"quantize.phi.{m_phi.group(1) or m_phi.group(2) or 0}.{m_phi.group(3)}"] = value
-        elif key in ("quantize.embedding.weight", "quantize.ema_vocab_hit_SV"):
-            out[key] = value
-        else:
-            raise RuntimeError(f"unexpected key {key!r} in a VAR tokenizer state dict")
-    out.update(convert_ldm_autoencoder(autoencoder))
-    return out
-
-
-def load_official(tok: MSVQTokenizer, sd: Mapping[str, torch.Tensor], source: str = "state dict") -> MSVQTokenizer:
-    """Load an official VQVAE state dict strictly (names, shapes), with errors naming ``source``."""
-    from methods.checkpoints import check_keys
-    try:
-        converted = convert_official(sd)
-    except RuntimeError as err:
-        raise RuntimeError(f"{source}: {err}") from None
-    target = tok.state_dict()
-    converted.setdefault("quantize.train_steps", target["quantize.train_steps"])   # ours only: the restart clock
-    hits = converted.get("quantize.ema_vocab_hit_SV")
-    if hits is not None and hits.shape != target["quantize.ema_vocab_hit_SV"].shape:
-        converted["quantize.ema_vocab_hit_SV"] = target["quantize.ema_vocab_hit_SV"]  # another scale list: monitor only
-    check_keys(target, converted, source, "the msvq tokenizer built here (check msvq.vocab_size, z_channels, ch, "
-               "ch_mult, share_quant_resi against the checkpoint)")
-    tok.load_state_dict(converted, strict=True)
-    return tok.eval()
-
-
-def read_official(path: str | Path) -> dict[str, torch.Tensor]:
-    from methods.checkpoints import read_checkpoint, tensor_dict
-    what = "the VAR tokenizer (vae_ch160v4096z32.pth)"
-    return tensor_dict(read_checkpoint(path, what), str(path), what)

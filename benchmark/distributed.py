@@ -1,7 +1,8 @@
-"""torch.distributed set up from the job's environment: one process per GPU (or per CPU task
-with gloo), world described by submitit's JobEnvironment under Slurm (one Slurm task per GPU,
-never torchrun inside submitit), or by the usual RANK / WORLD_SIZE / MASTER_ADDR variables.
-With neither, everything runs single-process and these helpers are no-ops.
+"""Devices and processes: the device a run asks for, and torch.distributed set up from the job's
+environment: one process per GPU (or per CPU task with gloo), world described by submitit's
+JobEnvironment under Slurm (one Slurm task per GPU, never torchrun inside submitit), or by the
+usual RANK / WORLD_SIZE / MASTER_ADDR variables. With neither, everything runs single-process
+and these helpers are no-ops. The stages use them; jobs/ only starts the processes.
 """
 from __future__ import annotations
 
@@ -10,6 +11,17 @@ import zlib
 
 import torch
 import torch.distributed as dist
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA where available), ``cpu``, ``cuda`` (this rank's GPU) or ``cuda:N``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
+    if name == "cuda" and is_distributed():   # one GPU per task
+        return torch.device("cuda", local_rank())
+    return torch.device(name)
 
 
 def setup() -> bool:

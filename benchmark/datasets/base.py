@@ -1,0 +1,31 @@
+"""The dataset contract and its registry (``datasets``): a class-conditional image source that
+renders or reads any indices at any requested resolution."""
+from __future__ import annotations
+
+import torch
+
+from methods.registry import TypedRegistry
+
+
+class Dataset(torch.utils.data.Dataset):
+    """Images in [-1, 1] (B, 3, H, W) with integer labels. Subclasses set ``num_classes`` and
+    ``class_names`` and implement ``from_config``, ``__len__`` and ``render``."""
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, data, split: str, resolution: int) -> "Dataset":
+        """The ``split`` (train | test | reference) of the run's ``data`` section (a DataConfig),
+        rendered or read at ``resolution``; a bad section raises ConfigError naming the key."""
+        raise NotImplementedError
+
+    def render(self, indices, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, H, W) in [-1, 1] and labels (B,) of ``indices`` (taken modulo the length)."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        images, labels = self.render([index])
+        return images[0], int(labels[0])
+
+
+DATASETS = TypedRegistry("dataset", Dataset)

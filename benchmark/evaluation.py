@@ -1,0 +1,214 @@
+"""The evaluate stage on `shapes`: the rows of a run's evaluation (the config's own sampler
+settings, then each ``eval.sweep`` value), one reference computed once for all of them (the
+domain classifier, the real held-out images' features, the tokenizer's ceiling, the untrained
+floor), and per row: sample, score, measure the sampling cost, write the record and the grid."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from benchmark import distributed, records, results, speed
+from benchmark.build import build_dataset, build_method, load_tokenizer, load_trained
+from benchmark.config import ConfigError, section, validate
+from benchmark.generation import balanced_labels, generate_images, to_uint8
+from benchmark.keys import RunKeys
+from benchmark.metrics import classifier as clf
+from benchmark.metrics import domain
+from benchmark.records import Row
+from methods.base import Method, NotSupportedByDesign, Tokenizer
+from methods.registry import METHODS, lookup
+
+
+def psnr(recon: torch.Tensor, images: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of reconstructions of images in [-1, 1] (peak: the [0, 1] range)."""
+    mse = ((recon - images) / 2).pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
+
+
+@torch.no_grad()
+def reconstruct(tok: Tokenizer, images: torch.Tensor, device: torch.device, batch: int = 256) -> torch.Tensor:
+    return torch.cat([tok.decode(tok.encode(x.to(device))).clamp(-1, 1).cpu() for x in images.split(batch)])
+
+
+@torch.no_grad()
+def tokenizer_metrics(tok: Tokenizer, cfg: DictConfig, device: torch.device, n: int = 512) -> dict:
+    """Reconstruction PSNR on held-out images; for a VQ, codebook usage on them too."""
+    images, _ = build_dataset(cfg, "test").render(np.arange(n))
+    metrics = {"psnr": psnr(reconstruct(tok, images, device, 128), images), "n_images": n}
+    cached = torch.cat([tok.to_cache(x.to(device)) for x in images.split(128)])
+    return {**metrics, **tok.usage(cached)}
+
+
+# -- rows -----------------------------------------------------------------------------
+def sweep_rows(cfg: DictConfig, method: str) -> list[tuple[DictConfig, str | None]]:
+    """The rows of a run's evaluation: the config as it is, then one per value of each
+    ``eval.sweep`` list (that setting alone changed, the others at the config's values). A row
+    is a full config with its value set and the sweep emptied, so its evaluation key, record
+    and grid are its own. A swept setting the method does not have gives one row with the
+    reason it is not supported; a swept value equal to the config's is not evaluated twice."""
+    cls, base = lookup(METHODS, method), copy.deepcopy(cfg)
+    for key in base.eval.sweep:
+        base.eval.sweep[key] = []
+    rows = [(base, None)]
+    for key, values in cfg.eval.sweep.items():
+        if values and key != "patch_nums" and key not in cls.sampler_keys():
+            row = copy.deepcopy(base)
+            row.eval.sweep[key] = values
+            rows.append((row, f"{cls.__name__} has no sampler setting {key!r} (it has: {', '.join(cls.sampler_keys())})"))
+        elif values:
+            rows += [(swept(base, method, key, value), None) for value in values]
+    unique = {}
+    for row, reason in rows:
+        unique.setdefault(RunKeys.of(row, method).evaluation_key, (row, reason))
+    return list(unique.values())
+
+
+def swept(base: DictConfig, method: str, key: str, value) -> DictConfig:
+    """``base`` with one sampler setting (or ``patch_nums``: eval.patch_nums) set to ``value``."""
+    row = copy.deepcopy(base)
+    try:
+        if key == "patch_nums":
+            row.eval.patch_nums = value
+        else:
+            OmegaConf.update(row, f"{method}.sampler.{key}", value, merge=False)
+        validate(row)
+    except (ConfigError, OmegaConfBaseException) as err:
+        raise ConfigError(f"eval.sweep.{key}: {value!r} is not a valid value for {method} "
+                          f"({str(err).splitlines()[0]})") from None
+    return row
+
+
+def row_settings(row: DictConfig, method: str, model: Method, side: int) -> dict:
+    """A row's sampler settings: its method's sampler section, plus what its final latent ``side``
+    and ``eval.patch_nums`` ask of the sampler (``Method.evaluation_settings``, which raises
+    NotSupportedByDesign where the method cannot by construction)."""
+    settings = OmegaConf.to_container(row[method].sampler, resolve=True)
+    try:
+        settings.update(model.evaluation_settings(side, list(row.eval.patch_nums)))
+    except NotSupportedByDesign:   # a ValueError too, but the caller writes it as a row
+        raise
+    except ValueError as err:   # e.g. a scale list that does not end at the asked side
+        raise ConfigError(f"{method}: {err}") from None
+    return settings
+
+
+def plan_rows(cfg: DictConfig, method: str, model: Method, side: int) -> list[Row]:
+    """Every row with its settings, before any sampling: a bad value fails first."""
+    rows = []
+    for row_cfg, reason in sweep_rows(cfg, method):
+        keys = RunKeys.of(row_cfg, method)
+        try:
+            if reason:
+                raise NotSupportedByDesign(reason)
+            rows.append(Row(row_cfg, keys, row_settings(row_cfg, method, model, side)))
+        except NotSupportedByDesign as err:   # a row that says so, never a silent fallback
+            rows.append(Row(row_cfg, keys, note=f"not supported by design: {err}"))
+    return rows
+
+
+# -- the reference ----------------------------------------------------------------------
+@dataclass
+class Reference:
+    """What every row of a run's evaluation is scored against; computed once per run."""
+    classifier: Path         # the domain classifier's weights (the torch-fidelity extractor loads them)
+    features: dict           # domain features of the real held-out images
+    labels: torch.Tensor     # the class-balanced labels every row samples
+    class_names: list[str]
+    values: dict             # the record's "reference": the ceiling (real, reconstructions) and the floor
+    protocol: dict
+
+
+def score(classifier: Path, images: torch.Tensor, labels: torch.Tensor, reference: dict,
+          device: torch.device) -> dict:
+    """Domain metrics of samples in [-1, 1], quantised to uint8 as a PNG would store them,
+    against the reference features (``domain.extract_features`` of the real images)."""
+    features = domain.extract_features(to_uint8(images), classifier, device=device.type)
+    return domain.domain_metrics(features, reference, labels)
+
+
+def build_reference(cfg: DictConfig, method: str, tok: Tokenizer, resolution: int, device: torch.device,
+                    settings: dict) -> Reference:
+    """The classifier, the real held-out images' features, what the tokenizer makes of them
+    (the ceiling) and, with ``eval.floor``, the untrained model sampled with ``settings`` (the
+    floor: what "no learning" scores)."""
+    ev = section(cfg, "eval")
+    train_set = build_dataset(cfg, resolution=resolution)
+    classifier = distributed.main_first(   # rank 0 trains and caches it; the others load it
+        lambda: clf.classifier_weights(train_set, Path(cfg.paths.cache) / "classifiers", steps=ev.classifier_steps))
+    real, real_labels = build_dataset(cfg, "reference", resolution=resolution).render(np.arange(ev.reference_size))
+    real_feats = domain.extract_features(to_uint8(real), classifier, device=device.type)
+    recon = reconstruct(tok, real, device)
+    recon_metrics = score(classifier, recon, real_labels, real_feats, device)
+    values = {"classifier_acc_real": float((real_feats[domain.LOGITS].argmax(1) == real_labels).double().mean()),
+              "classifier_acc_recon": recon_metrics[domain.KEY_CLASS_CONSISTENCY],
+              "classifier_fd_recon": recon_metrics[domain.KEY_FD], "recon_psnr": psnr(recon, real)}
+    labels = balanced_labels(train_set.num_classes, ev.samples_per_class)
+    protocol = domain.protocol(classifier, len(labels), len(real))
+    if ev.floor:
+        torch.manual_seed(cfg.seed)
+        untrained = build_method(cfg, method, tok).to(device)
+        images = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained", **settings)
+        floor = score(classifier, images, labels, real_feats, device)
+        values.update({f"untrained_{k}": floor[k] for k in (domain.KEY_CLASS_CONSISTENCY, domain.KEY_FD)})
+        protocol["floor_sampler"] = untrained.sampler_settings(**settings)
+    return Reference(classifier, real_feats, labels, list(train_set.class_names), values, protocol)
+
+
+# -- the stage --------------------------------------------------------------------------
+def evaluate_row(row: Row, model: Method, tok: Tokenizer, reference: Reference, resolution: int,
+                 device: torch.device) -> Path:
+    """One leaderboard row: sample with its settings, score against the reference, measure the
+    sampling cost, write the record and the sample grid."""
+    cfg, ev = row.cfg, section(row.cfg, "eval")
+    start = time.time()
+    images = generate_images(model, tok, reference.labels, cfg.seed, ev.batch_size, device,
+                             f"sample {row.keys.method}", **row.settings)
+    sample_s = time.time() - start
+    if not distributed.is_main():   # every rank has every image; rank 0 scores and writes
+        return row.keys.record
+    cost, cost_protocol = speed.sampling_cost(model, tok, cfg.data.num_classes, ev.batch_size, device,
+                                              ev.throughput_repeats, **row.settings)
+    metrics = {**score(reference.classifier, images, reference.labels, reference.features, device), **cost}
+    grid = results.save_sample_grid(images, reference.labels, reference.class_names,
+                                    row.keys.run_dir / f"samples-{row.keys.evaluation_key}.png", per_class=ev.grid_per_class)
+    shared_grid = Path(cfg.paths.results) / "grids" / row.keys.record.with_suffix(".png").name
+    shared_grid.parent.mkdir(parents=True, exist_ok=True)
+    shared_grid.write_bytes(grid.read_bytes())
+    record = records.make_record(row, model, resolution, metrics, reference.values, sample_s,
+                                 {**reference.protocol, "cost": cost_protocol})
+    return records.write(row.keys, record)
+
+
+def evaluate_method(cfg: DictConfig, method: str) -> list[Path]:
+    """Sample, score and write one record (and sample grid) per row of ``sweep_rows``. The
+    classifier, the reference features, the tokenizer's ceiling and the untrained floor are
+    computed once, for all rows."""
+    if cfg.data.name != "shapes":
+        raise NotImplementedError("the domain evaluator needs data.name=shapes; score other data with "
+                                  "`python -m benchmark sample` + `python -m benchmark evaluate` (Inception metrics)")
+    device = distributed.resolve_device(cfg.device)
+    tok = load_tokenizer(cfg, method, device)
+    model = load_trained(cfg, method, tok, device)
+    resolution = cfg.eval.resolution or cfg.data.resolution   # extrapolation: another size / scale list
+    if resolution % tok.stride:
+        raise ConfigError(f"eval.resolution={resolution} is not a multiple of the tokenizer's stride {tok.stride}")
+    paths, reference = [], None
+    for row in plan_rows(cfg, method, model, resolution // tok.stride):
+        if row.note:
+            paths.append(records.write(row.keys, records.make_record(row, model, resolution)))
+            continue
+        reference = reference or build_reference(cfg, method, tok, resolution, device, row.settings)
+        paths.append(evaluate_row(row, model, tok, reference, resolution, device))
+    return paths
+
+
+def finished_evaluation(cfg: DictConfig, method: str) -> list[Path] | None:
+    """The records of this config's evaluation if every row of it ran here (records.finished)."""
+    return records.finished([RunKeys.of(row, method) for row, _ in sweep_rows(cfg, method)])
