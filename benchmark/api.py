@@ -67,8 +67,12 @@ def run(methods: Sequence[str], preset: str | Sequence[str] = "tiny", seeds: Seq
     else:
         folder = executors.sweep_folder(cfg)
         save = lambda r: executors.write_sweep(folder, cfg, executor, r, sys.argv)
-        record = executors.submit_slurm(groups, cfg, folder) if executor == "slurm" else \
-            executors.run_local(groups, cfg, folder, save=save)
+        if executor == "slurm":
+            record = executors.submit_slurm(groups, cfg, folder)
+            print(f"submitted {sum(len(g.jobs) for g in groups)} job(s) in {len(groups)} array(s): "
+                  + ", ".join(f"{g['name']}={g['array_id']}" for g in record["groups"]), flush=True)
+        else:
+            record = executors.run_local(groups, cfg, folder, save=save)
         save(record)
         if not wait:
             return frame_of([], cfg.paths.results, [], folder)

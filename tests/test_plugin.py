@@ -4,6 +4,7 @@ edit to any file of the suite: registration through ``custom_imports`` and the r
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,22 @@ def plugin(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "plugins"))                 # this process
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "plugins"))            # the jobs' processes
     paths = [f"paths.runs={tmp_path}/runs", f"paths.cache={tmp_path}/cache", f"paths.results={tmp_path}/results"]
-    return tmp_path, ["custom_imports=[toyplugin]", "toytok.steps=10", "toytok.warmup_steps=1", *paths]
+    yield tmp_path, ["custom_imports=[toyplugin]", "toytok.steps=10", "toytok.warmup_steps=1", *paths]
+    unregister_plugin()
+
+
+def unregister_plugin():
+    """Forget the toy plug-in: every later config of this process would otherwise carry its
+    sections (the schema covers every registered name) and fail to unpickle in a job that
+    cannot import it."""
+    from benchmark.datasets.base import DATASETS
+    from methods.registry import METHODS, TOKENIZERS
+    for registry in (METHODS, TOKENIZERS, DATASETS):
+        for name, cls in list(registry.module_dict.items()):
+            if cls.__module__.startswith("toyplugin"):
+                del registry.module_dict[name]
+    for module in [m for m in sys.modules if m == "toyplugin" or m.startswith("toyplugin.")]:
+        del sys.modules[module]
 
 
 def test_a_plugin_method_trains_samples_and_evaluates_through_the_cli(plugin):
