@@ -2,7 +2,7 @@
 
     from benchmark import run, evaluate, collect
     board = run(["flowar", "var"], preset="smoke")          # train, sample, evaluate: a DataFrame
-    board[["method", "class_consistency", "classifier_fd"]]
+    board[["method", "class_consistency", "domain_fd"]]
     evaluate(run_dir="runs/smoke/var-<hash>/seed0")          # a run directory's rows again
     collect("results")                                       # the whole leaderboard from the records
 

@@ -92,6 +92,13 @@ def parser() -> argparse.ArgumentParser:
     col = sub.add_parser("collect", help="rebuild the leaderboard and plots from the records (of a sweep's results)")
     col.add_argument("run", nargs="?", default=None, help="a sweep folder (default: --results)")
     col.add_argument("--results", default="results")
+    val = sub.add_parser("validate-evaluator", help="score deliberately broken generators with the shapes evaluator "
+                         "(which metric catches what): results/evaluator_validation.{csv,md}")
+    val.add_argument("--samples", type=int, default=800, help="images per set (default: 800, tiny's evaluation)")
+    val.add_argument("--repeats", type=int, default=5, help="disjoint real sets for the real-vs-real spread")
+    val.add_argument("--variant", default="easy", choices=["easy", "hard"])
+    val.add_argument("--results", default="results", help="where the tables go")
+    val.add_argument("--cache", default="cache", help="where an evaluator trained here (no shipped one) is cached")
     st = sub.add_parser("status", help="each job of a sweep: state, id, error")
     st.add_argument("run", nargs="?", default=None, help="the sweep folder `run` printed (default: the newest)")
     st.add_argument("--runs", default="runs", help="where sweeps are looked up by name (paths.runs)")
@@ -143,9 +150,9 @@ def cmd_run(args) -> int:
         print(f"submitted; watch: python -m benchmark status {sweep}")
         return 0
     print(f"\n{len(records)} record(s) in {time.time() - start:.0f}s" + (": " + ", ".join(records) if records else ""))
-    cols = [c for c in ("method", "seed", "sampler", "class_consistency", "classifier_fd", "classifier_is",
-                        "ref_classifier_acc_real", "ref_classifier_acc_recon", "ref_untrained_class_consistency",
-                        "ref_untrained_classifier_fd", "throughput_img_s", "nfe", "params_m", "note")
+    cols = [c for c in ("method", "seed", "sampler", "class_consistency", "hue_w1", "size_w1", "position_w1",
+                        "domain_fd", "domain_recall", "ref_class_acc_recon", "ref_hue_w1_recon",
+                        "ref_untrained_class_consistency", "throughput_img_s", "nfe", "note")
             if c in board.columns]
     if len(board):
         print(board[cols].to_string(index=False))
@@ -241,12 +248,43 @@ def cmd_prefetch(args) -> int:
     return 0
 
 
+def cmd_validate_evaluator(args) -> int:
+    from benchmark.io import atomic_write, write_text
+    from benchmark.metrics import factors, validation
+    for name in ("samples", "repeats"):
+        if getattr(args, name) < 2:
+            raise ConfigError(f"--{name}={getattr(args, name)} is too small; use at least 2 (default 800 / 5)")
+    weights = factors.evaluator_weights(args.variant, Path(args.cache) / "evaluators")
+    table = validation.validate(weights, n=args.samples, repeats=args.repeats, variant=args.variant)
+    out = Path(args.results)
+    atomic_write(out / "evaluator_validation.csv", lambda tmp: table.to_csv(tmp, index=False))
+    text = validation.markdown(table)
+    write_text(out / "evaluator_validation.md",
+               f"# The evaluator against broken generators\n\n`python -m benchmark validate-evaluator --samples "
+               f"{args.samples} --repeats {args.repeats} --variant {args.variant}`, evaluator `{weights.name}`. "
+               f"Bold: the metric moved the bad way by more than {validation.MARGIN:g} times its real-vs-real range; "
+               "✓ / ✗: a metric meant to catch that breakage did / did not.\n\n" + text)
+    print(text + f"tables: {out / 'evaluator_validation.md'}, {out / 'evaluator_validation.csv'}")
+    verdict = validation.judge(table)
+    missed = verdict[verdict.must_catch & ~verdict.caught]
+    for _, m in missed.iterrows():
+        print(f"NOT CAUGHT: {m.set} by {m.metric} (moved {m.moved_spreads:.1f} spreads)", file=sys.stderr)
+    return 1 if len(missed) else 0
+
+
 COMMANDS = {"list": cmd_list, "run": cmd_run, "sample": cmd_sample, "train-tokenizer": cmd_train_tokenizer,
-            "evaluate": cmd_evaluate, "prefetch": cmd_prefetch, "collect": cmd_collect, "status": cmd_status}
+            "evaluate": cmd_evaluate, "prefetch": cmd_prefetch, "collect": cmd_collect, "status": cmd_status,
+            "validate-evaluator": cmd_validate_evaluator}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    import os
+    import shlex
+
+    from benchmark.provenance import COMMAND_ENV
+    os.environ[COMMAND_ENV] = ("python -m benchmark " + " ".join(shlex.quote(a) for a in (
+        sys.argv[1:] if argv is None else argv)))   # what records name as their command
     try:
         split_overrides(args)
         return COMMANDS[args.command](args)

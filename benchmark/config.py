@@ -83,7 +83,6 @@ class EvalConfig:
     batch_size: int = 100          # sampling batch size (also the large throughput batch; batch 1 is measured too)
     throughput_repeats: int = 3    # timed calls per batch size after a warm-up (the median is recorded)
     reference_size: int = 2000     # real images for the reference statistics
-    classifier_steps: int = 600    # shapes domain classifier: training steps (cached)
     floor: bool = True             # also evaluate the untrained model (the floor)
     weights: str = "ema"           # ema | model (the raw weights)
     grid_per_class: int = 8        # images per class row in the sample grid
@@ -98,7 +97,7 @@ class EvalConfig:
     # eval.sweep.patch_nums=[[1,2,4,8],[1,2,3,4,6,8]] (benchmark/stages.py: sweep_rows).
 
     def check(self, key: str) -> None:
-        for name in ("samples_per_class", "batch_size", "throughput_repeats", "reference_size", "classifier_steps",
+        for name in ("samples_per_class", "batch_size", "throughput_repeats", "reference_size",
                      "grid_per_class"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_choice(f"{key}.weights", self.weights, ["ema", "model"])
@@ -116,7 +115,7 @@ class EvalConfig:
 @dataclass
 class PathsConfig:
     runs: str = "runs"             # run directories (checkpoints, samples, records); not in git
-    cache: str = "cache"           # trained tokenizers, classifiers, latents, keyed by config hash
+    cache: str = "cache"           # trained tokenizers, evaluators, latents, keyed by config hash
     results: str = "results"       # leaderboard, plots, grids (checked in)
 
 

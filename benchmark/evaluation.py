@@ -1,6 +1,6 @@
 """The evaluate stage on `shapes`: the rows of a run's evaluation (the config's own sampler
 settings, then each ``eval.sweep`` value), one reference computed once for all of them (the
-domain classifier, the real held-out images' features, the tokenizer's ceiling, the untrained
+factor evaluator, the real held-out images' features, the tokenizer's ceiling, the untrained
 floor), and per row: sample, score, measure the sampling cost, write the record and the grid."""
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from benchmark.build import build_dataset, build_method, load_tokenizer, load_tr
 from benchmark.config import ConfigError, section, validate
 from benchmark.generation import balanced_labels, generate_images, to_uint8
 from benchmark.keys import RunKeys
-from benchmark.metrics import classifier as clf
 from benchmark.metrics import domain
+from benchmark.metrics import factors as fac
 from benchmark.records import Row
 from methods.base import Method, NotSupportedByDesign, Tokenizer
 from methods.registry import METHODS, lookup
@@ -102,14 +102,14 @@ def row_settings(row: DictConfig, method: str, model: Method, side: int) -> dict
 def plan_rows(cfg: DictConfig, method: str, model: Method, side: int) -> list[Row]:
     """Every row with its settings, before any sampling: a bad value fails first."""
     rows = []
-    for row_cfg, reason in sweep_rows(cfg, method):
-        keys = RunKeys.of(row_cfg, method)
+    for i, (row_cfg, reason) in enumerate(sweep_rows(cfg, method)):
+        keys, configured = RunKeys.of(row_cfg, method), i == 0   # the first row is the config as it is
         try:
             if reason:
                 raise NotSupportedByDesign(reason)
-            rows.append(Row(row_cfg, keys, row_settings(row_cfg, method, model, side)))
+            rows.append(Row(row_cfg, keys, row_settings(row_cfg, method, model, side), configured=configured))
         except NotSupportedByDesign as err:   # a row that says so, never a silent fallback
-            rows.append(Row(row_cfg, keys, note=f"not supported by design: {err}"))
+            rows.append(Row(row_cfg, keys, note=f"not supported by design: {err}", configured=configured))
     return rows
 
 
@@ -117,7 +117,7 @@ def plan_rows(cfg: DictConfig, method: str, model: Method, side: int) -> list[Ro
 @dataclass
 class Reference:
     """What every row of a run's evaluation is scored against; computed once per run."""
-    classifier: Path         # the domain classifier's weights (the torch-fidelity extractor loads them)
+    evaluator: Path          # the factor evaluator's weights (the torch-fidelity extractor loads them)
     features: dict           # domain features of the real held-out images
     labels: torch.Tensor     # the class-balanced labels every row samples
     class_names: list[str]
@@ -125,40 +125,42 @@ class Reference:
     protocol: dict
 
 
-def score(classifier: Path, images: torch.Tensor, labels: torch.Tensor, reference: dict,
+def score(evaluator: Path, images: torch.Tensor, labels: torch.Tensor, reference: dict, num_classes: int,
           device: torch.device) -> dict:
     """Domain metrics of samples in [-1, 1], quantised to uint8 as a PNG would store them,
     against the reference features (``domain.extract_features`` of the real images)."""
-    features = domain.extract_features(to_uint8(images), classifier, device=device.type)
-    return domain.domain_metrics(features, reference, labels)
+    features = domain.extract_features(to_uint8(images), evaluator, device=device.type)
+    return domain.domain_metrics(features, reference, labels, num_classes)
 
 
 def build_reference(cfg: DictConfig, method: str, tok: Tokenizer, resolution: int, device: torch.device,
                     settings: dict) -> Reference:
-    """The classifier, the real held-out images' features, what the tokenizer makes of them
-    (the ceiling) and, with ``eval.floor``, the untrained model sampled with ``settings`` (the
-    floor: what "no learning" scores)."""
+    """The factor evaluator, the real held-out images' features, what the tokenizer makes of
+    them (the ceiling) and, with ``eval.floor``, the untrained model sampled with ``settings``
+    (the floor: what "no learning" scores)."""
     ev = section(cfg, "eval")
     train_set = build_dataset(cfg, resolution=resolution)
-    classifier = distributed.main_first(   # rank 0 trains and caches it; the others load it
-        lambda: clf.classifier_weights(train_set, Path(cfg.paths.cache) / "classifiers", steps=ev.classifier_steps))
+    k = train_set.num_classes
+    evaluator = distributed.main_first(   # rank 0 trains and caches one if none ships; the others load it
+        lambda: fac.evaluator_weights(cfg.data.variant, Path(cfg.paths.cache) / "evaluators"))
     real, real_labels = build_dataset(cfg, "reference", resolution=resolution).render(np.arange(ev.reference_size))
-    real_feats = domain.extract_features(to_uint8(real), classifier, device=device.type)
+    real_feats = domain.extract_features(to_uint8(real), evaluator, device=device.type)
     recon = reconstruct(tok, real, device)
-    recon_metrics = score(classifier, recon, real_labels, real_feats, device)
-    values = {"classifier_acc_real": float((real_feats[domain.LOGITS].argmax(1) == real_labels).double().mean()),
-              "classifier_acc_recon": recon_metrics[domain.KEY_CLASS_CONSISTENCY],
-              "classifier_fd_recon": recon_metrics[domain.KEY_FD], "recon_psnr": psnr(recon, real)}
-    labels = balanced_labels(train_set.num_classes, ev.samples_per_class)
-    protocol = domain.protocol(classifier, len(labels), len(real))
+    recon_metrics = score(evaluator, recon, real_labels, real_feats, k, device)
+    values = {"class_acc_real": float((domain.factors_of(real_feats)["label"] == real_labels.numpy()).mean()),
+              "class_acc_recon": recon_metrics[domain.KEY_CLASS_CONSISTENCY],
+              "domain_fd_recon": recon_metrics[domain.KEY_FD], "hue_w1_recon": recon_metrics["hue_w1"],
+              "recon_psnr": psnr(recon, real)}
+    labels = balanced_labels(k, ev.samples_per_class)
+    protocol = domain.protocol(evaluator, len(labels), len(real))
     if ev.floor:
         torch.manual_seed(cfg.seed)
         untrained = build_method(cfg, method, tok).to(device)
         images = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained", **settings)
-        floor = score(classifier, images, labels, real_feats, device)
-        values.update({f"untrained_{k}": floor[k] for k in (domain.KEY_CLASS_CONSISTENCY, domain.KEY_FD)})
+        floor = score(evaluator, images, labels, real_feats, k, device)
+        values.update({f"untrained_{m}": floor[m] for m in (domain.KEY_CLASS_CONSISTENCY, domain.KEY_FD, "hue_w1")})
         protocol["floor_sampler"] = untrained.sampler_settings(**settings)
-    return Reference(classifier, real_feats, labels, list(train_set.class_names), values, protocol)
+    return Reference(evaluator, real_feats, labels, list(train_set.class_names), values, protocol)
 
 
 # -- the stage --------------------------------------------------------------------------
@@ -175,7 +177,8 @@ def evaluate_row(row: Row, model: Method, tok: Tokenizer, reference: Reference, 
         return row.keys.record
     cost, cost_protocol = speed.sampling_cost(model, tok, cfg.data.num_classes, ev.batch_size, device,
                                               ev.throughput_repeats, **row.settings)
-    metrics = {**score(reference.classifier, images, reference.labels, reference.features, device), **cost}
+    metrics = {**score(reference.evaluator, images, reference.labels, reference.features, len(reference.class_names),
+                       device), **cost}
     grid = results.save_sample_grid(images, reference.labels, reference.class_names,
                                     row.keys.run_dir / f"samples-{row.keys.evaluation_key}.png", per_class=ev.grid_per_class)
     shared_grid = Path(cfg.paths.results) / "grids" / row.keys.record.with_suffix(".png").name
@@ -188,7 +191,7 @@ def evaluate_row(row: Row, model: Method, tok: Tokenizer, reference: Reference, 
 
 def evaluate_method(cfg: DictConfig, method: str) -> list[Path]:
     """Sample, score and write one record (and sample grid) per row of ``sweep_rows``. The
-    classifier, the reference features, the tokenizer's ceiling and the untrained floor are
+    factor evaluator, the reference features, the tokenizer's ceiling and the untrained floor are
     computed once, for all rows."""
     if cfg.data.name != "shapes":
         raise NotImplementedError("the domain evaluator needs data.name=shapes; score other data with "

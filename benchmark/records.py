@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark import distributed
 from benchmark.io import write_json
 from benchmark.keys import RunKeys
+from benchmark.provenance import provenance
 from methods.base import Method
 
 
@@ -26,6 +27,7 @@ class Row:
     keys: RunKeys
     settings: dict = field(default_factory=dict)
     note: str | None = None        # "not supported by design: ..." rows have no samples
+    configured: bool = True        # the config's own settings (False: a value of eval.sweep)
 
 
 def sampler_text(settings: dict) -> str:
@@ -44,12 +46,19 @@ def versions() -> dict:
 
 def protocol(row: Row, model: Method) -> dict:
     cfg = row.cfg
-    return {"evaluator": "shapes-classifier", "samples": cfg.eval.samples_per_class * cfg.data.num_classes,
+    return {"evaluator": "shapes-factors", "samples": cfg.eval.samples_per_class * cfg.data.num_classes,
             "samples_per_class": cfg.eval.samples_per_class, "reference": f"shapes/reference[0:{cfg.eval.reference_size}]",
             "quantization": "round((x+1)*127.5) to uint8", "seed_scheme": "per global image index",
             "sampler": model.sampler_settings(**row.settings),
             "device": str(distributed.resolve_device(cfg.device)), "threads": torch.get_num_threads(),
             "processes": distributed.world_size()}
+
+
+def compute(cfg: DictConfig, method: str, train_info: dict) -> dict:
+    """Training compute: steps x batch (images seen) and wall-clock seconds over all processes."""
+    train = cfg.train
+    return {"train_steps": train.steps, "batch_size": train.batch_size, "images_seen": train.steps * train.batch_size,
+            "train_s": train_info.get("seconds"), "processes": train_info.get("processes", 1)}
 
 
 def make_record(row: Row, model: Method, resolution: int, metrics: dict | None = None, reference: dict | None = None,
@@ -63,13 +72,15 @@ def make_record(row: Row, model: Method, resolution: int, metrics: dict | None =
         "train_hash": keys.train_hash, "dataset": cfg.data.name, "resolution": resolution,
         "train_resolution": cfg.data.resolution,
         "scales": "-".join(map(str, model.generated_scales(**row.settings))),
-        "sampler": sampler_text(model.sampler_settings(**row.settings)),
+        "sampler": sampler_text(model.sampler_settings(**row.settings)), "configured": row.configured,
         "metrics": metrics or {}, "reference": reference or {},
         "tokenizer": {"key": keys.tokenizer_key,
                       **{k: tok_info[k] for k in ("name", "kind", "psnr", "scaling_factor", "codebook_usage_pct",
                                                   "dead_codes") if k in tok_info}},
         "timings": {"tokenizer_s": tok_info.get("seconds", 0.0), "train_s": train_info.get("seconds", 0.0),
                     "sample_s": sample_s},
+        "compute": compute(cfg, keys.method, train_info),
+        "provenance": provenance(),
         "protocol": {**protocol(row, model), **(extra_protocol or {})},
         "versions": versions(), "config": OmegaConf.to_container(cfg, resolve=True),
         "created": datetime.now(timezone.utc).isoformat(), "run_dir": str(keys.run_dir),

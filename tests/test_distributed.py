@@ -70,7 +70,7 @@ def test_two_rank_sampling_makes_the_same_images(runs):
     assert (r1["protocol"]["processes"], r2["protocol"]["processes"]) == (1, 2)
     # Same weights (up to float noise) and per-index seeds: the scores of the samples agree.
     assert r2["metrics"]["class_consistency"] == pytest.approx(r1["metrics"]["class_consistency"], abs=1e-9)
-    assert r2["metrics"]["classifier_fd"] == pytest.approx(r1["metrics"]["classifier_fd"], rel=1e-3)
+    assert r2["metrics"]["domain_fd"] == pytest.approx(r1["metrics"]["domain_fd"], rel=1e-3)
 
 
 def test_shard_splits_indices_contiguously_and_refuses_uneven_batches(monkeypatch):

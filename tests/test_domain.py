@@ -1,26 +1,21 @@
 """Domain metrics for `shapes` through torch-fidelity (benchmark/metrics/domain.py): the shapes
-classifier as a registered torch-fidelity feature extractor."""
+factor evaluator as a registered torch-fidelity feature extractor, and the factor distances."""
 import numpy as np
 import pytest
 import torch
 import torch_fidelity
-from safetensors.torch import save_file
 
 from benchmark.datasets.shapes import Shapes
-from benchmark.metrics import classifier as C
+from benchmark.metrics import factors as fac
 from benchmark.metrics import domain
 from benchmark.metrics.fidelity import UInt8Images
 from benchmark.generation import to_uint8
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A classifier weights file (random init, seeded: the metric path does not need a trained one)."""
-    torch.manual_seed(0)
-    model = C.ShapeClassifier(num_classes=4)
-    path = tmp_path_factory.mktemp("clf") / "shapes_classifier_test.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
+def weights():
+    """The shipped evaluator weights."""
+    return fac.evaluator_weights("easy", "/nonexistent-cache")
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +30,21 @@ def noisy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
     return (images.float() + sigma * torch.randn(images.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
 
 
-def test_extractor_is_registered_and_reads_the_classifier_file(weights, images):
+def test_extractor_is_registered_and_reads_the_evaluator_file(weights, images):
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-    assert FEATURE_EXTRACTORS_REGISTRY[domain.FEATURE_EXTRACTOR] is domain.ShapesFeatureExtractor
+    assert FEATURE_EXTRACTORS_REGISTRY[domain.FEATURE_EXTRACTOR] is domain.ShapesFactorExtractor
     feats = domain.extract_features(images[0][:8], weights, batch_size=3)
-    model = C.load_classifier(weights)
-    logits, penultimate = C.predict(model, images[0][:8].float() / 127.5 - 1)
+    pred = fac.predict(fac.load(weights), images[0][:8].float() / 127.5 - 1)
     assert feats[domain.FEATURES].dtype == torch.float64 and feats[domain.FEATURES].shape == (8, 128)
-    assert torch.allclose(feats[domain.FEATURES].float(), penultimate, atol=1e-6)
-    assert torch.allclose(feats[domain.LOGITS].float(), logits, atol=1e-6)
+    assert torch.allclose(feats[domain.FEATURES].float(), pred["features"], atol=1e-5)
+    assert torch.allclose(feats[domain.LOGITS].float(), pred["logits"], atol=1e-5)
+    read = domain.factors_of(feats)
+    assert np.array_equal(read["label"], pred["label"].numpy())
+    assert np.allclose(read["hue"], pred["hue"].numpy(), atol=1e-4) and np.allclose(read["size"], pred["size"].numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="feature_extractor_weights_path"):
-        domain.ShapesFeatureExtractor(domain.FEATURE_EXTRACTOR, [domain.FEATURES])
+        domain.ShapesFactorExtractor(domain.FEATURE_EXTRACTOR, [domain.FEATURES])
     with pytest.raises(ValueError, match="uint8"):
-        domain.ShapesFeatureExtractor(domain.FEATURE_EXTRACTOR, [domain.FEATURES],
+        domain.ShapesFactorExtractor(domain.FEATURE_EXTRACTOR, [domain.FEATURES],
                                       feature_extractor_weights_path=str(weights))(images[0][:2].float())
 
 
@@ -58,8 +55,9 @@ def test_fd_is_zero_on_itself_and_grows_with_noise(weights, images):
     assert abs(same[domain.KEY_FD]) < 1e-6
     assert same[domain.KEY_PRECISION] == 1.0 and same[domain.KEY_RECALL] == 1.0
     assert 1.0 <= same[domain.KEY_IS] <= 4.0   # exp(E KL) is at most the number of classes
-    predicted = C.predict(C.load_classifier(weights), x.float() / 127.5 - 1)[0].argmax(1)
+    predicted = fac.predict(fac.load(weights), x.float() / 127.5 - 1)["label"]
     assert same[domain.KEY_CLASS_CONSISTENCY] == pytest.approx((predicted == labels).float().mean().item())
+    assert same["hue_w1"] == 0 and same["class_tv"] == 0 and same["hue_coverage"] == 1
     worse = [domain.domain_metrics(domain.extract_features(noisy(x, s), weights), reference) for s in (8, 30, 90)]
     fds = [m[domain.KEY_FD] for m in worse]
     assert 1e-4 < fds[0] < fds[1] < fds[2]
@@ -83,3 +81,19 @@ def test_same_numbers_as_torch_fidelity_calculate_metrics(weights, images):
     assert ours[domain.KEY_KID] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-9)
     assert ours[domain.KEY_PRECISION] == theirs["precision"] and ours[domain.KEY_RECALL] == theirs["recall"]
     assert ours[domain.KEY_IS] == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
+
+
+def test_factor_distances_on_known_distributions():
+    rng = np.random.default_rng(0)
+    assert domain.circular_w1(np.full(100, 0.95), np.full(100, 0.05)) == pytest.approx(0.1, abs=2e-3)   # wraps
+    assert domain.circular_w1(np.full(100, 0.1), np.full(100, 0.6)) == pytest.approx(0.5, abs=2e-3)
+    u = rng.random(20000)
+    assert domain.circular_w1(u, np.mod(u + 0.3, 1)) < 0.01           # a rotated uniform is still uniform
+    two_hues = np.where(rng.random(20000) < 0.5, 0.1, 0.6)
+    assert domain.circular_w1(two_hues, u) == pytest.approx(0.125, abs=0.01)   # each half travels 1/8 on average
+    a = rng.normal(size=20000)
+    assert domain.w1(a, a + 0.5) == pytest.approx(0.5, abs=1e-6)
+    assert domain.total_variation(np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3]), 4) == pytest.approx(0.5)
+    real = rng.integers(0, 12, 5000)
+    assert domain.coverage(real, real, 12) == 1.0
+    assert domain.coverage(np.full(100, 3), real, 12) == pytest.approx(1 / 12)

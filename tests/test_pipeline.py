@@ -24,14 +24,21 @@ def test_run_writes_record_leaderboard_grid_and_config(smoke_run):
     assert sorted(r["method"] for r in records) == ["flowar", "var"]
     for record in records:
         assert record["preset"] == "smoke"
-        for key in ("class_consistency", "classifier_fd", "classifier_kid", "classifier_precision", "classifier_recall",
-                    "classifier_is", "throughput_img_s", "params_m"):
+        for key in ("class_consistency", "domain_fd", "domain_kid", "domain_precision", "domain_recall",
+                    "domain_is", "hue_w1", "size_w1", "position_w1", "class_tv", "hue_coverage", "size_coverage",
+                    "position_coverage", "throughput_img_s", "params_m"):
             assert key in record["metrics"]
-        assert 1 <= record["metrics"]["classifier_is"] <= 4 and record["protocol"]["evaluator"].startswith("torch-fidelity")
+        assert 0 <= record["metrics"]["hue_w1"] <= 0.5 and 0 <= record["metrics"]["hue_coverage"] <= 1
+        prov = record["provenance"]
+        assert len(prov["commit"]) == 40 and isinstance(prov["dirty"], bool)
+        assert prov["command"].startswith("python -m benchmark run --methods flowar var")
+        assert prov["packages"]["torch"] and prov["machine"]["cores"] >= 1
+        assert record["compute"]["images_seen"] == record["compute"]["train_steps"] * record["compute"]["batch_size"]
+        assert 1 <= record["metrics"]["domain_is"] <= 4 and record["protocol"]["evaluator"].startswith("torch-fidelity")
         for key in ("throughput_bs1_img_s", "latency_bs1_ms", "nfe", "gflops_per_image", "peak_memory_mb"):
             assert record["metrics"][key] > 0, key
         assert record["protocol"]["cost"]["dtype"] == "fp32" and record["protocol"]["cost"]["device"] == "cpu"
-        for key in ("classifier_acc_real", "classifier_acc_recon", "untrained_class_consistency"):
+        for key in ("class_acc_real", "class_acc_recon", "untrained_class_consistency"):
             assert key in record["reference"]
     var = next(r for r in records if r["method"] == "var")
     assert var["tokenizer"]["kind"] == "multiscale_residual" and 0 < var["tokenizer"]["codebook_usage_pct"] <= 100
@@ -53,7 +60,7 @@ def test_rerun_reuses_finished_stages(smoke_run):
     cached = [*(root / "cache").rglob("*.safetensors"), *(root / "runs").rglob("*.safetensors")]
     stamps = {p: p.stat().st_mtime_ns for p in cached}
     assert main(["run", "--methods", "flowar", "var", "--preset", "smoke", *paths]) == 0
-    # Tokenizer, latents, classifier and training are reused, not redone.
+    # Tokenizer, latents and training are reused, not redone.
     assert {p: p.stat().st_mtime_ns for p in cached} == stamps
     assert len(list((root / "results" / "records").glob("*.json"))) == 2
 
@@ -110,7 +117,7 @@ def test_sample_rejects_a_checkpoint_of_another_size(smoke_run, tmp_path, capsys
 
 def test_sweep_writes_one_row_per_value_and_scores_against_one_reference(smoke_run, monkeypatch):
     """eval.sweep: each value its own record (its own hash), the other settings as configured;
-    the classifier, reference features and floor are computed once for all rows."""
+    the evaluator, reference features and floor are computed once for all rows."""
     from benchmark import evaluation as stages
     from benchmark.config import load_config
     from benchmark.keys import evaluation_key

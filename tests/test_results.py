@@ -19,8 +19,8 @@ def make_record(method: str, seed: int, cc: float, fd: float, created: str = "20
     return {
         "method": method, "config_hash": f"{method[:4]}1234", "seed": seed, "preset": "tiny",
         "dataset": "shapes", "resolution": 32,
-        "metrics": {"class_consistency": cc, "classifier_fd": fd, "throughput_img_s": 40.0, "params_m": 1.2},
-        "reference": {"classifier_acc_real": 0.99, "untrained_classifier_fd": 300.0},
+        "metrics": {"class_consistency": cc, "domain_fd": fd, "throughput_img_s": 40.0, "params_m": 1.2},
+        "reference": {"class_acc_real": 0.99, "untrained_domain_fd": 300.0},
         "timings": {"tokenizer_s": 120, "train_s": 500},
         "created": created, "run_dir": f"runs/{method}/{seed}",
     }
@@ -71,8 +71,8 @@ def test_records_to_frame_dedupes_and_orders(records_root):
     good, _ = results.read_records(records_root)
     df = results.records_to_frame(good)
     assert list(df.columns[:10]) == ["method", "preset", "dataset", "resolution", "scales", "sampler", "seed",
-                                     "config_hash", "class_consistency", "classifier_fd"]
-    assert {"ref_classifier_acc_real", "tokenizer_s", "train_s"} <= set(df.columns)
+                                     "config_hash", "class_consistency", "domain_fd"]
+    assert {"ref_class_acc_real", "tokenizer_s", "train_s"} <= set(df.columns)
     assert df.columns[-1] == "run_dir"
     assert list(zip(df["method"], df["seed"])) == [("flowar", 0), ("flowar", 1), ("var", 0), ("var", 1)]
     assert df.loc[2, "class_consistency"] == 0.40  # the newer of the two (var, 0) records
@@ -89,7 +89,7 @@ def test_rebuild_leaderboard_writes_tables(records_root, tmp_path):
 
     csv = pd.read_csv(out / "leaderboard.csv")
     pd.testing.assert_frame_equal(csv, df, check_dtype=False)
-    assert 99.0 not in csv["classifier_fd"].tolist()
+    assert 99.0 not in csv["domain_fd"].tolist()
 
     md = (out / "leaderboard.md").read_text()
     assert "| method | preset |" in md and "| flowar | tiny | shapes | 32 |  |  | 1 |" in md
@@ -104,8 +104,8 @@ def test_tokenizer_table_one_row_per_tokenizer_and_resolution(tmp_path):
     def with_tokenizer(method, name, resolution, fd, created):
         record = make_record(method, 0, 0.5, 10.0, created)
         record.update(resolution=resolution, tokenizer={"name": name, "kind": "continuous", "key": f"{name}-abc"},
-                      reference={"classifier_fd_recon": fd, "recon_psnr": 25.0, "classifier_acc_recon": 0.9,
-                                 "classifier_acc_real": 0.99},
+                      reference={"domain_fd_recon": fd, "hue_w1_recon": 0.01, "recon_psnr": 25.0, "class_acc_recon": 0.9,
+                                 "class_acc_real": 0.99},
                       protocol={"num_reference": 1000})
         return record
     records = [with_tokenizer("flowar", "kl", 32, 0.5, "2025-01-01T00:00:00"),
@@ -121,7 +121,7 @@ def test_tokenizer_table_one_row_per_tokenizer_and_resolution(tmp_path):
     for name, record in enumerate(records):
         results.write_record(tmp_path / "records" / f"{name}.json", record)
     results.rebuild_leaderboard(tmp_path / "records", tmp_path)
-    assert "| kl | continuous | tiny | shapes | 32 | 0.2 | 25 |" in (tmp_path / "tokenizers.md").read_text()
+    assert "| kl | continuous | tiny | shapes | 32 | 0.2 | 0.01 | 25 |" in (tmp_path / "tokenizers.md").read_text()
 
 
 def test_summary_mean_and_std(records_root, tmp_path):
@@ -130,8 +130,8 @@ def test_summary_mean_and_std(records_root, tmp_path):
     assert summary.loc["flowar", "n_seeds"] == 2 and summary.loc["var", "seeds"] == "0,1"
     assert summary.loc["flowar", "class_consistency_mean"] == pytest.approx(0.55)
     assert summary.loc["flowar", "class_consistency_std"] == pytest.approx(math.sqrt(0.005))  # ddof=1
-    assert summary.loc["var", "classifier_fd_mean"] == pytest.approx(21.0)
-    assert summary.loc["var", "classifier_fd_std"] == pytest.approx(math.sqrt(2.0))
+    assert summary.loc["var", "domain_fd_mean"] == pytest.approx(21.0)
+    assert summary.loc["var", "domain_fd_std"] == pytest.approx(math.sqrt(2.0))
     assert summary.loc["var", "throughput_img_s_std"] == 0.0
 
 
@@ -166,12 +166,13 @@ def test_sample_grid_pads_missing_cells(tmp_path):
 def test_plots_created(records_root, tmp_path):
     df = results.rebuild_leaderboard(records_root, tmp_path / "lb")
     paths = results.plot_leaderboard(df, tmp_path / "plots")
-    assert sorted(p.name for p in paths) == ["class_consistency.png", "classifier_fd.png", "quality_speed_flowar.png",
-                                             "quality_speed_var.png", "throughput_img_s.png"]
+    assert sorted(p.name for p in paths) == ["class_consistency.png", "domain_fd.png", "quality_speed_flowar.png",
+                                             "quality_speed_var.png", "quality_vs_speed.png", "throughput_img_s.png"]
+    assert (tmp_path / "plots" / "quality_vs_speed.svg").exists()
     assert all(p.stat().st_size > 0 for p in paths)
 
     single = results.plot_leaderboard(df.iloc[:1].drop(columns="throughput_img_s"), tmp_path / "one")
-    assert [p.name for p in single] == ["class_consistency.png", "classifier_fd.png"]   # no speed: no speed plot
+    assert [p.name for p in single] == ["class_consistency.png", "domain_fd.png"]   # no speed: no speed plot
     assert Image.open(single[0]).size[0] > 100
 
 
@@ -183,7 +184,7 @@ def test_sampler_text_is_one_short_cell():
 def test_quality_speed_labels_name_what_differs(tmp_path):
     rows = pd.DataFrame({"method": "flowar", "dataset": "shapes", "resolution": 32, "scales": "1-2-4-8",
                          "sampler": ["num_flow_steps=4 cfg=4", "num_flow_steps=8 cfg=4", "num_flow_steps=8 cfg=2"],
-                         "throughput_img_s": [80.0, 40.0, 41.0], "classifier_fd": [12.0, 9.0, 10.0],
+                         "throughput_img_s": [80.0, 40.0, 41.0], "domain_fd": [12.0, 9.0, 10.0],
                          "class_consistency": [0.4, 0.5, 0.45]})
     assert results._setting_labels(rows) == ["num_flow_steps=4 cfg=4", "num_flow_steps=8 cfg=4", "num_flow_steps=8 cfg=2"]
     assert results._setting_labels(rows.iloc[1:]) == ["cfg=4", "cfg=2"]
@@ -200,3 +201,15 @@ def test_loss_curve(tmp_path):
     assert path.stat().st_size > 0
     with pytest.raises(ValueError):
         results.save_loss_curve([1, 2], [1.0], tmp_path / "bad.png")
+
+
+def test_headline_has_at_most_ten_columns_with_mean_and_std_over_seeds(records_root, tmp_path):
+    df = results.rebuild_leaderboard(records_root, tmp_path)
+    from benchmark.results.tables import headline, mean_std
+    table = headline(df)
+    assert len(table.columns) <= 10 and list(table.columns[:2]) == ["method", "setting"]
+    assert sorted(table.method) == ["flowar ★", "var ★"]
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert md.index("## Headline") < md.index("## Every run")
+    assert mean_std(pd.Series([0.5, 0.52])) == "0.510 ± 0.014"          # digits set by the spread
+    assert mean_std(pd.Series([12.3456])) == "12.3" and mean_std(pd.Series([], dtype=float)) == ""

@@ -89,3 +89,33 @@ def test_tokenizer_training_is_reproducible(tmp_path, method):
         states.append(load_safetensors(stages.train_tokenizer(cfg, method) / "tokenizer.safetensors"))
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("kind", ["msvq", "flexvq"])
+def test_vq_warm_up_then_codes_start_at_encoder_features(kind):
+    """``quantize_after``: the first steps train an autoencoder (the codebook untouched), and
+    the step that ends the warm-up moves every code onto a feature vector of that batch."""
+    from methods.config import ConfigError
+    from methods.tokenizers.flexvq import FlexVQConfig, FlexVQTokenizer
+    from methods.tokenizers.msvq import MSVQConfig, MSVQTokenizer
+    from methods.tokenizers.vq import scale_vectors
+    common = dict(vocab_size=32, ch=16, ch_mult=[1, 1, 1], num_res_blocks=1, norm_num_groups=2, patch_nums=[1, 2, 4],
+                  steps=10, batch_size=8, quantize_after=3)
+    torch.manual_seed(0)
+    tok = (MSVQTokenizer(MSVQConfig(z_channels=4, using_sa=False, using_mid_sa=False, **common)) if kind == "msvq"
+           else FlexVQTokenizer(FlexVQConfig(code_dim=4, z_channels=8, **common))).train()
+    codebook = tok.codebook().detach().clone()
+    images, _ = Shapes(resolution=16, size=8).render(np.arange(8))
+    for step in range(3):
+        if step == 2:
+            candidates = scale_vectors(tok.features(images).detach(), tok.patch_nums)
+        tok.loss(images, torch.Generator().manual_seed(step)).backward()
+        if step < 2:
+            assert torch.equal(tok.codebook().detach(), codebook)    # warm-up: no quantization
+    after = tok.codebook().detach()
+    if kind == "flexvq":   # its codebook is used l2-normalised
+        candidates = torch.nn.functional.normalize(candidates, dim=-1)
+    nearest = torch.cdist(after, candidates).min(1).values
+    assert nearest.max() < 1e-3                                      # every code is a feature vector
+    with pytest.raises(ConfigError, match="quantize_after=10 must be below"):
+        MSVQConfig(**{**common, "quantize_after": 10}).check("msvq")

@@ -20,6 +20,10 @@ from benchmark.datasets.base import DATASETS, Dataset
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent", "bar")
 SPLITS = {"train": 0, "test": 1, "reference": 2}
+# The generating factors of every image (Shapes.render(..., factors=True)): class, the shape's
+# hue (in turns, on the circle), saturation and value, its size (radius as a fraction of the
+# half-width), its centre x, y in [-1, 1] and its rotation angle (radians).
+FACTORS = ("label", "hue", "saturation", "value", "size", "x", "y", "angle")
 VARIANTS = ("easy", "hard")
 
 
@@ -86,7 +90,7 @@ def shape_sdf(name: str, p: torch.Tensor) -> torch.Tensor:
     return sdf_polygon(p, _POLYGONS[name])
 
 
-def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     k = (np.array([5.0, 3.0, 1.0])[None] + h[:, None] * 6) % 6
     return v[:, None] - v[:, None] * s[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1)
 
@@ -105,20 +109,29 @@ def draw_scenes(seed: int, split: str, indices: np.ndarray, num_classes: int, va
         rows.append(u)
     u = np.stack(rows) if rows else np.zeros((0, 16))
     labels = (np.asarray(indices) % num_classes).astype(np.int64)  # balanced classes
+    hue = u[:, 3]
     if variant == "easy":
         size = 0.55 + 0.25 * u[:, 0]            # shape radius as a fraction of the half-width
-        fg = _hsv_to_rgb(u[:, 3], 0.55 + 0.45 * u[:, 4], 0.8 + 0.2 * u[:, 5])
-        bg0 = _hsv_to_rgb(u[:, 6], 0.5 * u[:, 7], 0.05 + 0.2 * u[:, 8])
+        saturation, value = 0.55 + 0.45 * u[:, 4], 0.8 + 0.2 * u[:, 5]
+        bg0 = hsv_to_rgb(u[:, 6], 0.5 * u[:, 7], 0.05 + 0.2 * u[:, 8])
         bg1 = bg0
     else:
         size = 0.3 + 0.3 * u[:, 0]
-        fg = _hsv_to_rgb(u[:, 3], 0.3 + 0.7 * u[:, 4], 0.5 + 0.5 * u[:, 5])
-        bg0 = _hsv_to_rgb(u[:, 6], u[:, 7], 0.6 * u[:, 8])
-        bg1 = _hsv_to_rgb(u[:, 12], u[:, 13], 0.6 * u[:, 14])
+        saturation, value = 0.3 + 0.7 * u[:, 4], 0.5 + 0.5 * u[:, 5]
+        bg0 = hsv_to_rgb(u[:, 6], u[:, 7], 0.6 * u[:, 8])
+        bg1 = hsv_to_rgb(u[:, 12], u[:, 13], 0.6 * u[:, 14])
     slack = 1 - size                          # keep the shape inside the frame
     center = np.stack([(2 * u[:, 1] - 1) * slack, (2 * u[:, 2] - 1) * slack], axis=1)
     return SceneParams(labels=labels, size=size, center=center, angle=2 * math.pi * u[:, 9],
-                       fg=fg, bg0=bg0, bg1=bg1, gradient_angle=2 * math.pi * u[:, 15])
+                       hue=hue, saturation=saturation, value=value, fg=hsv_to_rgb(hue, saturation, value),
+                       bg0=bg0, bg1=bg1, gradient_angle=2 * math.pi * u[:, 15])
+
+
+def scene_factors(scenes: SceneParams) -> dict[str, np.ndarray]:
+    """The generating factors (FACTORS) of scenes, each an array (B,)."""
+    return {"label": scenes["labels"], "hue": scenes["hue"], "saturation": scenes["saturation"],
+            "value": scenes["value"], "size": scenes["size"], "x": scenes["center"][:, 0],
+            "y": scenes["center"][:, 1], "angle": scenes["angle"]}
 
 
 def render_scenes(scenes: SceneParams, resolution: int) -> torch.Tensor:
@@ -171,11 +184,17 @@ class Shapes(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def render(self, indices, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, 3, H, W) in [-1, 1] and labels (B,) for the given indices."""
+    def scenes(self, indices) -> SceneParams:
+        """The scene parameters of the given indices (render them with ``render_scenes``)."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        scenes = draw_scenes(self.seed, self.split, indices, self.num_classes, self.variant)
-        return render_scenes(scenes, resolution or self.resolution), torch.as_tensor(scenes["labels"])
+        return draw_scenes(self.seed, self.split, indices, self.num_classes, self.variant)
+
+    def render(self, indices, resolution: int | None = None, factors: bool = False):
+        """Images (B, 3, H, W) in [-1, 1] and labels (B,) for the given indices; with
+        ``factors``, also every image's generating factors ({name in FACTORS: array (B,)})."""
+        scenes = self.scenes(indices)
+        images, labels = render_scenes(scenes, resolution or self.resolution), torch.as_tensor(scenes["labels"])
+        return (images, labels, scene_factors(scenes)) if factors else (images, labels)
 
     def batches(self, batch_size: int, resolution: int | None = None):
         """All images in index order, rendered batch-wise."""

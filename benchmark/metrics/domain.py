@@ -1,62 +1,82 @@
-"""Domain metrics for `shapes` through torch-fidelity: the suite's shapes classifier
-(benchmark/metrics/classifier.py) registered as a torch-fidelity feature extractor, so the
-domain FD, KID, precision/recall and an IS-like score come out of torch-fidelity's own metric
-code, exactly as its Inception metrics do; only the feature space differs.
+"""Domain metrics for `shapes`: what the factor evaluator (benchmark/metrics/factors.py) reads
+in generated images, compared with what it reads in real ones.
 
-The extractor ``shapes-classifier`` provides two features:
+The evaluator is registered as a torch-fidelity feature extractor (``shapes-factors``), so FD,
+KID, precision/recall and the IS-like score come out of torch-fidelity's own metric code on
+its features, exactly as its Inception metrics do; only the feature space differs (these
+features encode class, colour, size and position). Its outputs:
 
-* ``shapes-features`` — the classifier's penultimate features (128), for FD, KID and
-  precision/recall (torch-fidelity's ``fid`` / ``kid`` / ``prc``);
-* ``shapes-logits`` — its class logits, for the IS-like score (torch-fidelity's ``isc``:
-  exp(E KL(p(y|x) || p(y))), at most the number of classes).
+* ``shapes-features`` — the penultimate features (128), for ``domain_fd``, ``domain_kid``,
+  ``domain_precision``, ``domain_recall``;
+* ``shapes-logits``   — the class logits, for ``domain_is`` (torch-fidelity's ISC);
+* ``shapes-factors``  — the class logits and the regressed factors, read back as factors;
+* ``shapes-roughness`` — a pixel statistic, not the network: each image's median absolute
+  Laplacian (in [0, 1] pixel units). Renders are flat or linear between edges, so it is about 0
+  for them and grows with grain; the CNN, trained to ignore slight noise, does not see grain.
 
-Like every torch-fidelity extractor it takes uint8 images (B, 3, H, W); the weights file is
-given as ``feature_extractor_weights_path`` (a cached ``shapes_classifier_*.safetensors``).
-Values are in this classifier's feature space: not comparable with Inception FID / IS.
+Per factor, the predicted factors of the samples against those of the real reference images
+(the same network reads both, so its small reading errors cancel):
+
+* ``hue_w1``      Wasserstein-1 of the hue distributions on the hue circle (turns; 0..0.5)
+* ``size_w1``     Wasserstein-1 of the size (radius / half-width)
+* ``position_w1`` mean Wasserstein-1 of the centre's x and y (half-widths)
+* ``class_tv``    total variation between the predicted class distributions (0..1)
+* ``class_consistency`` share of samples read as the class they were generated for
+* ``roughness_w1`` Wasserstein-1 of the per-image roughness (grain, noise)
+* ``hue_coverage``, ``size_coverage``, ``position_coverage`` share of the real factor range the
+  samples reach: of the bins (hue: 12 on the circle; size: 8; position: 4 x 4, over the real
+  range) that hold real images, those where the samples put at least a quarter of the real share.
+
+Values are in this evaluator's spaces: not comparable with Inception FID / IS.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from benchmark.metrics import classifier as clf
+from benchmark.metrics import factors as fac
 from benchmark.metrics.fidelity import UInt8Images, frechet_distance
 
-FEATURE_EXTRACTOR = "shapes-classifier"
-FEATURES = "shapes-features"
-LOGITS = "shapes-logits"
+FEATURE_EXTRACTOR = "shapes-factors"
+FEATURES, LOGITS, FACTORS, ROUGHNESS = "shapes-features", "shapes-logits", "shapes-factors", "shapes-roughness"
 
-KEY_CLASS_CONSISTENCY = clf.KEY_CLASS_CONSISTENCY   # share of samples classified as their conditioning class
-KEY_FD = clf.KEY_CLASSIFIER_FD                      # Fréchet distance of the penultimate features
-KEY_KID = "classifier_kid"                          # kernel distance (torch-fidelity's KID, mean over subsets)
-KEY_PRECISION = "classifier_precision"
-KEY_RECALL = "classifier_recall"
-KEY_IS = "classifier_is"                            # torch-fidelity's ISC over the logits (mean over splits)
+KEY_CLASS_CONSISTENCY = "class_consistency"
+KEY_FD, KEY_KID, KEY_PRECISION, KEY_RECALL, KEY_IS = ("domain_fd", "domain_kid", "domain_precision", "domain_recall",
+                                                      "domain_is")
+FACTOR_KEYS = ("hue_w1", "size_w1", "position_w1", "class_tv", "hue_coverage", "size_coverage", "position_coverage",
+               "roughness_w1")
+# Which way is better, for every metric a record holds (tables and validation read this).
+HIGHER_IS_BETTER = {KEY_CLASS_CONSISTENCY: True, KEY_FD: False, KEY_KID: False, KEY_PRECISION: True, KEY_RECALL: True,
+                    KEY_IS: True, "hue_w1": False, "size_w1": False, "position_w1": False, "class_tv": False,
+                    "hue_coverage": True, "size_coverage": True, "position_coverage": True, "roughness_w1": False}
+METRICS = tuple(HIGHER_IS_BETTER)
 
 # torch-fidelity's defaults, fixed here so that the record can name them.
 ISC_SPLITS, KID_SUBSETS, KID_SUBSET_SIZE, PRC_NEIGHBORHOOD = 10, 100, 1000, 3
+HUE_BINS, SIZE_BINS, POSITION_BINS = 12, 8, 4
 
 
-class ShapesFeatureExtractor(FeatureExtractorBase):
-    """The shapes classifier as a torch-fidelity feature extractor (uint8 in, float64 out:
-    torch-fidelity fits its FID Gaussians in the extractor's dtype, and float32 statistics
-    are one of the known FID pitfalls)."""
+class ShapesFactorExtractor(FeatureExtractorBase):
+    """The factor evaluator as a torch-fidelity feature extractor (uint8 in, float64 out:
+    torch-fidelity fits its FID Gaussians in the extractor's dtype)."""
 
     def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
                  **kwargs):
         super().__init__(name, features_list)
         if not feature_extractor_weights_path:
-            raise ValueError(f"the {FEATURE_EXTRACTOR} feature extractor needs feature_extractor_weights_path=<a cached "
-                             "shapes_classifier_*.safetensors> (the evaluate stage trains one into cache/classifiers)")
-        self.classifier = clf.load_classifier(Path(feature_extractor_weights_path))
+            raise ValueError(f"the {FEATURE_EXTRACTOR} feature extractor needs feature_extractor_weights_path=<a "
+                             "shapes_factors_*.safetensors> (see benchmark.metrics.factors.evaluator_weights)")
+        self.net = fac.load(feature_extractor_weights_path)
 
     @staticmethod
-    def get_provided_features_list() -> tuple[str, str]:
-        return FEATURES, LOGITS
+    def get_provided_features_list() -> tuple[str, str, str, str]:
+        return FEATURES, LOGITS, FACTORS, ROUGHNESS
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric: str) -> str:
@@ -73,13 +93,26 @@ class ShapesFeatureExtractor(FeatureExtractorBase):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dtype != torch.uint8:
             raise ValueError(f"{FEATURE_EXTRACTOR} takes uint8 images (as every torch-fidelity extractor), got {x.dtype}")
-        features = self.classifier.features(x.float() / 127.5 - 1)         # (B, D): the inverse of stages.to_uint8
-        out = {FEATURES: features.double(), LOGITS: self.classifier.head(features).double()}
+        images = x.float() / 127.5 - 1                    # the inverse of generation.to_uint8
+        f = self.net.features(images)
+        logits = self.net.head(f)
+        out = {FEATURES: f.double(), LOGITS: logits.double(), FACTORS: torch.cat([logits, self.net.regress(f)], 1).double(),
+               ROUGHNESS: roughness(images)[:, None].double()}
         return tuple(out[name] for name in self.features_list)
 
 
+def roughness(images: torch.Tensor) -> torch.Tensor:
+    """Per image (B,): the median over pixels of the channel-mean absolute Laplacian of images
+    in [-1, 1], in [0, 1] pixel units (edges are a minority of pixels, so the median sees flat
+    regions: grain, noise, blocking)."""
+    kernel = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=images.dtype, device=images.device)
+    c = images.shape[1]
+    lap = torch.nn.functional.conv2d(images / 2, kernel.expand(c, 1, 3, 3), groups=c)
+    return lap.abs().mean(1).flatten(1).median(1).values
+
+
 if FEATURE_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:   # torch-fidelity rejects a second registration
-    register_feature_extractor(FEATURE_EXTRACTOR, ShapesFeatureExtractor)
+    register_feature_extractor(FEATURE_EXTRACTOR, ShapesFactorExtractor)
 
 
 def extract_features(images: torch.Tensor, weights: str | Path, batch_size: int = 256,
@@ -87,18 +120,75 @@ def extract_features(images: torch.Tensor, weights: str | Path, batch_size: int 
     """{feature name: (N, D)} of uint8 images (N, 3, H, W), by torch-fidelity's extractor loop."""
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
     cuda = device == "cuda"
-    extractor = create_feature_extractor(FEATURE_EXTRACTOR, [FEATURES, LOGITS], cuda=cuda,
+    extractor = create_feature_extractor(FEATURE_EXTRACTOR, [FEATURES, LOGITS, FACTORS, ROUGHNESS], cuda=cuda,
                                          feature_extractor_weights_path=str(weights), verbose=False)
     return get_featuresdict_from_dataset(UInt8Images(images), extractor, batch_size, cuda, True, False)
 
 
+def factors_of(features: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The predicted factors (label, hue, size, x, y, ...) in an ``extract_features`` dict."""
+    out = features[FACTORS].float().cpu()
+    k = out.shape[1] - len(fac.REGRESSED)
+    return {name: v.numpy() for name, v in fac.read_factors(out[:, :k], out[:, k:]).items()}
+
+
+# --------------------------------------------------------------------------- factor distances
+def w1(a: np.ndarray, b: np.ndarray, quantiles: int = 1000) -> float:
+    """Wasserstein-1 between two 1-D samples: the mean gap between their quantile functions."""
+    q = (np.arange(quantiles) + 0.5) / quantiles
+    return float(np.abs(np.quantile(a, q) - np.quantile(b, q)).mean())
+
+
+def circular_w1(a: np.ndarray, b: np.ndarray, bins: int = 720) -> float:
+    """Wasserstein-1 on the unit circle (values in turns): with F - G the difference of the
+    CDFs cut at any point, W1 = min over c of the integral of |F - G - c|, at c = its median."""
+    edges = np.linspace(0, 1, bins + 1)
+    d = np.cumsum(np.histogram(np.mod(a, 1), edges)[0] / len(a) - np.histogram(np.mod(b, 1), edges)[0] / len(b))
+    return float(np.abs(d - np.median(d)).mean())
+
+
+def total_variation(a: np.ndarray, b: np.ndarray, categories: int) -> float:
+    pa, pb = (np.bincount(x.astype(np.int64), minlength=categories)[:categories] / len(x) for x in (a, b))
+    return float(0.5 * np.abs(pa - pb).sum())
+
+
+def coverage(sample_bins: np.ndarray, real_bins: np.ndarray, bins: int) -> float:
+    """Share of the bins holding real images (at least half a uniform share) where the samples
+    put at least a quarter of the real share."""
+    real = np.bincount(real_bins, minlength=bins) / len(real_bins)
+    fake = np.bincount(sample_bins, minlength=bins) / len(sample_bins)
+    occupied = real >= 0.5 / bins
+    return float((fake[occupied] >= 0.25 * real[occupied]).mean())
+
+
+def _bin(values: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    return np.clip(((values - lo) / max(hi - lo, 1e-9) * bins).astype(np.int64), 0, bins - 1)
+
+
+def factor_metrics(samples: dict[str, np.ndarray], real: dict[str, np.ndarray], num_classes: int) -> dict[str, float]:
+    """The per-factor distances and coverages of predicted sample factors against real ones."""
+    out = {"hue_w1": circular_w1(samples["hue"], real["hue"]), "size_w1": w1(samples["size"], real["size"]),
+           "position_w1": 0.5 * (w1(samples["x"], real["x"]) + w1(samples["y"], real["y"])),
+           "class_tv": total_variation(samples["label"], real["label"], max(num_classes, int(real["label"].max()) + 1))}
+    hue = lambda f: _bin(np.mod(f["hue"], 1), 0, 1, HUE_BINS)
+    out["hue_coverage"] = coverage(hue(samples), hue(real), HUE_BINS)
+    lo, hi = real["size"].min(), real["size"].max()
+    out["size_coverage"] = coverage(_bin(samples["size"], lo, hi, SIZE_BINS), _bin(real["size"], lo, hi, SIZE_BINS),
+                                    SIZE_BINS)
+    cell = lambda f: (_bin(f["x"], real["x"].min(), real["x"].max(), POSITION_BINS) * POSITION_BINS
+                      + _bin(f["y"], real["y"].min(), real["y"].max(), POSITION_BINS))
+    out["position_coverage"] = coverage(cell(samples), cell(real), POSITION_BINS ** 2)
+    return out
+
+
+# --------------------------------------------------------------------------- all domain metrics
 def domain_metrics(samples: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
-                   labels: torch.Tensor | None = None, kid_subset_size: int = KID_SUBSET_SIZE) -> dict[str, float]:
+                   labels: torch.Tensor | None = None, num_classes: int | None = None,
+                   kid_subset_size: int = KID_SUBSET_SIZE) -> dict[str, float]:
     """FD, KID, precision/recall and the IS-like score of sample features against reference
-    features (``extract_features``' dicts), each by torch-fidelity's own function (what
-    ``torch_fidelity.calculate_metrics`` runs after extracting features); with ``labels``, the
-    class consistency too. The reference features are extracted once and reused for every row.
-    KID subsets shrink to the smaller set when it has fewer than ``kid_subset_size`` images."""
+    features (``extract_features``' dicts), each by torch-fidelity's own function; the factor
+    metrics; with ``labels`` (the conditioning classes), the class consistency. KID subsets
+    shrink to the smaller set when it has fewer than ``kid_subset_size`` images."""
     from torch_fidelity.metric_fid import fid_featuresdict_to_statistics
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_featuresdict_to_metric
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_featuresdict_to_metric
@@ -113,20 +203,23 @@ def domain_metrics(samples: dict[str, torch.Tensor], reference: dict[str, torch.
     isc = isc_featuresdict_to_metric(samples, LOGITS, **kwargs)
     out = {KEY_FD: fid, KEY_KID: kid[KEY_METRIC_KID_MEAN], KEY_PRECISION: prc[KEY_METRIC_PRECISION],
            KEY_RECALL: prc[KEY_METRIC_RECALL], KEY_IS: isc[KEY_METRIC_ISC_MEAN]}
+    sample_factors = factors_of(samples)
+    out.update(factor_metrics(sample_factors, factors_of(reference), num_classes or reference[LOGITS].shape[1]))
+    out["roughness_w1"] = w1(samples[ROUGHNESS][:, 0].cpu().numpy(), reference[ROUGHNESS][:, 0].cpu().numpy())
     if labels is not None:
-        predicted = samples[LOGITS].argmax(1)
-        out[KEY_CLASS_CONSISTENCY] = (predicted == labels.to(predicted.device)).double().mean().item()
+        out[KEY_CLASS_CONSISTENCY] = float((sample_factors["label"] == labels.cpu().numpy()).mean())
     return {k: float(v) for k, v in out.items()}
 
 
 def protocol(weights: Path, num_samples: int, num_reference: int) -> dict:
     """How the domain metrics were computed, for the record."""
-    import hashlib
-
     import torch_fidelity
     return {"evaluator": f"torch-fidelity {torch_fidelity.__version__}, feature extractor {FEATURE_EXTRACTOR}",
-            "classifier": Path(weights).name, "classifier_sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest(),
-            "features": f"{FEATURES} (FD, KID, precision/recall), {LOGITS} (IS-like score), float64",
+            "evaluator_weights": Path(weights).name,
+            "evaluator_sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest(),
+            "features": f"{FEATURES} (FD, KID, precision/recall), {LOGITS} (IS-like score), {FACTORS} (factor "
+                        f"metrics), {ROUGHNESS} (roughness_w1), float64",
+            "factor_bins": {"hue": HUE_BINS, "size": SIZE_BINS, "position": f"{POSITION_BINS}x{POSITION_BINS}"},
             "isc_splits": ISC_SPLITS, "kid_subsets": KID_SUBSETS,
             "kid_subset_size": min(KID_SUBSET_SIZE, num_samples, num_reference),
             "prc_neighborhood": PRC_NEIGHBORHOOD, "reference_kind": "images", "num_reference": num_reference}

@@ -8,12 +8,16 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from benchmark.io import atomic_write
 from benchmark.results.tables import MAIN_METRICS, METRIC_DIRECTION
 
 
-def _save_figure(fig: Figure, path: str | Path) -> Path:
+def _save_figure(fig: Figure, path: str | Path, svg: bool = False) -> Path:
+    """PNG (and, with ``svg``, an SVG beside it)."""
+    if svg:
+        atomic_write(Path(path).with_suffix(".svg"), lambda tmp: fig.savefig(tmp, format="svg", bbox_inches="tight"))
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
@@ -46,7 +50,86 @@ def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
             sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), frameon=False)
         ax.set(xlabel="", title=f"{metric} ({METRIC_DIRECTION[metric]})")
         paths.append(_save_figure(fig, Path(out_dir) / f"{metric}.png"))
-    return paths + plot_quality_speed(df, out_dir)
+    return paths + plot_quality_speed(df, out_dir) + plot_quality_cost(df, out_dir) + plot_loss_curves(df, out_dir)
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Indices of the points no other point beats in both speed (x, higher) and quality (y),
+    in order of x."""
+    order = np.argsort(-x)
+    front, best = [], -np.inf
+    for i in order:
+        q = y[i] if higher_is_better else -y[i]
+        if q > best:
+            front.append(i)
+            best = q
+    return np.array(front[::-1], dtype=int)
+
+
+def plot_quality_cost(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Every method on one figure: quality (class consistency, hue W1, domain FD) against images/s,
+    one point per method x setting (error bars: std over seeds), the Pareto front dashed, the
+    configured settings as filled markers."""
+    metrics = [m for m in ("class_consistency", "hue_w1", "domain_fd") if m in df.columns]
+    if "throughput_img_s" not in df.columns or not metrics:
+        return []
+    rows = df.dropna(subset=["throughput_img_s", *metrics])
+    if rows.empty:
+        return []
+    stats = rows.groupby(["method", "config_hash"], sort=False).agg(
+        **{f"{c}_{f}": (c, f) for c in ["throughput_img_s", *metrics] for f in ("mean", "std")},
+        configured=("configured", "first") if "configured" in rows.columns else ("method", lambda s: True)).reset_index()
+    palette = dict(zip(sorted(stats.method.unique()), sns.color_palette("colorblind")))
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(5 * len(metrics), 4))
+        axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    for ax, metric in zip(axes, metrics):
+        higher = METRIC_DIRECTION.get(metric, "").startswith("higher")
+        x, y = stats["throughput_img_s_mean"].to_numpy(), stats[f"{metric}_mean"].to_numpy()
+        for method, group in stats.groupby("method"):
+            for filled in (True, False):
+                g = group[group.configured.astype(bool) == filled]
+                if len(g):
+                    ax.errorbar(g["throughput_img_s_mean"], g[f"{metric}_mean"], yerr=g[f"{metric}_std"].fillna(0),
+                                xerr=g["throughput_img_s_std"].fillna(0), fmt="o", ms=6, capsize=3,
+                                color=palette[method], mfc=palette[method] if filled else "white",
+                                label=method if filled else f"{method} (sweep)")
+        front = pareto_front(x, y, higher)
+        ax.plot(x[front], y[front], "--", color="grey", lw=1, label="Pareto front")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))   # 20, 50, 100: no 3x10^1 clutter
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel="images/s at the evaluation batch (log)", ylabel=metric,
+               title=f"{metric} ({METRIC_DIRECTION.get(metric, '')})")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False, bbox_to_anchor=(0.5, 1.08))
+    return [_save_figure(fig, Path(out_dir) / "quality_vs_speed.png", svg=True)]
+
+
+def plot_loss_curves(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Training loss of every run (read from its run directory's train.json), one panel per
+    method (losses of different methods are not comparable), one line per seed."""
+    import json
+    curves = []
+    for run_dir in df.get("run_dir", pd.Series(dtype=object)).dropna().unique():
+        info = Path(run_dir) / "train.json"
+        if info.exists():
+            history = json.loads(info.read_text()).get("history") or []
+            name = Path(run_dir)
+            curves += [{"method": name.parent.name.split("-")[0], "run": f"{name.parent.name}/{name.name}",
+                        "step": step, "loss": loss} for step, loss in history if loss and loss > 0]
+    if not curves:
+        return []
+    data = pd.DataFrame(curves)
+    methods = sorted(data.method.unique())
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(4.5 * len(methods), 3.5))
+        axes = np.atleast_1d(fig.subplots(1, len(methods)))
+    for ax, method in zip(axes, methods):
+        sns.lineplot(data=data[data.method == method], x="step", y="loss", hue="run", lw=1, ax=ax)
+        ax.set(yscale="log", title=f"{method}: training loss", xlabel="step", ylabel="loss (log)")
+        ax.legend(fontsize=7, frameon=False)
+    return [_save_figure(fig, Path(out_dir) / "loss_curves.png", svg=True)]
 
 
 def _setting_labels(rows: pd.DataFrame) -> list[str]:
@@ -60,9 +143,9 @@ def _setting_labels(rows: pd.DataFrame) -> list[str]:
 
 def plot_quality_speed(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Per method, quality against sampling speed over all its rows (sampler sweeps, step
-    counts, resolutions): classifier FD and class consistency against images/s, each point
+    counts, resolutions): domain FD and class consistency against images/s, each point
     labelled with what differs between the rows."""
-    needed = ["throughput_img_s", "classifier_fd", "class_consistency"]
+    needed = ["throughput_img_s", "domain_fd", "class_consistency"]
     if not set(needed) <= set(df.columns):
         return []
     paths = []
@@ -72,7 +155,7 @@ def plot_quality_speed(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         with sns.axes_style("whitegrid"):
             fig = Figure(figsize=(11, 4))
             axes = fig.subplots(1, 2)
-        for ax, metric in zip(axes, ["classifier_fd", "class_consistency"]):
+        for ax, metric in zip(axes, ["domain_fd", "class_consistency"]):
             hue = "setting" if rows["setting"].nunique() > 1 else None
             sns.scatterplot(data=rows, x="throughput_img_s", y=metric, hue=hue, s=40, ax=ax)
             for x, y, text in zip(rows["throughput_img_s"], rows[metric], rows["label"]):

@@ -16,12 +16,13 @@ from benchmark.io import atomic_write, write_text
 
 ID_COLUMNS = ["method", "preset", "dataset", "resolution", "scales", "sampler", "seed", "config_hash"]
 SORT_COLUMNS = ["dataset", "resolution", "method", "seed"]
-MAIN_METRICS = ["class_consistency", "classifier_fd", "classifier_is", "classifier_kid", "classifier_precision",
-                "classifier_recall", "throughput_img_s"]
-METRIC_DIRECTION = {"class_consistency": "higher is better", "classifier_fd": "lower is better",
-                    "classifier_is": "higher is better", "classifier_kid": "lower is better",
-                    "classifier_precision": "higher is better", "classifier_recall": "higher is better",
-                    "throughput_img_s": "higher is better"}
+MAIN_METRICS = ["class_consistency", "hue_w1", "size_w1", "position_w1", "hue_coverage", "domain_fd", "domain_kid",
+                "domain_precision", "domain_recall", "throughput_img_s"]
+METRIC_DIRECTION = {"class_consistency": "higher is better", "domain_fd": "lower is better",
+                    "domain_is": "higher is better", "domain_kid": "lower is better",
+                    "domain_precision": "higher is better", "domain_recall": "higher is better",
+                    "hue_w1": "lower is better", "size_w1": "lower is better", "position_w1": "lower is better",
+                    "hue_coverage": "higher is better", "throughput_img_s": "higher is better"}
 # The sampling-cost columns (benchmark/speed.py), shown as their own table in leaderboard.md.
 COST_COLUMNS = ["throughput_img_s", "throughput_bs1_img_s", "latency_ms_per_image", "latency_bs1_ms", "nfe",
                 "gflops_per_image", "gflops_decode_per_image", "params_m", "peak_memory_mb", "device", "dtype"]
@@ -102,6 +103,9 @@ def _row(record: dict) -> tuple[dict, list[str], list[str], list[str]]:
     cost = (record.get("protocol") or {}).get("cost") or {}   # where the cost columns were measured
     row["device"], row["dtype"] = cost.get("device_name"), cost.get("dtype")
     row["note"] = record.get("note")
+    row["configured"] = record.get("configured", True)
+    row["train_images"] = (record.get("compute") or {}).get("images_seen")
+    row["commit"] = ((record.get("provenance") or {}).get("commit") or "")[:10] or None
     row["run_dir"] = record.get("run_dir")
     return row, list(metrics), list(reference), list(timings)
 
@@ -124,7 +128,8 @@ def records_to_frame(records: Iterable[dict]) -> pd.DataFrame:
         metric_cols.append(m)
         ref_cols.append(r)
         time_cols.append(t)
-    optional = [c for c in ("device", "dtype", "note") if any(row.get(c) for row in rows)]
+    optional = [c for c in ("device", "dtype", "note", "configured", "train_images", "commit")
+                if any(row.get(c) is not None for row in rows)]
     columns = (ID_COLUMNS + _ordered_union(metric_cols, MAIN_METRICS + COST_COLUMNS) + _ordered_union(ref_cols)
                + _ordered_union(time_cols) + optional + ["run_dir"])
     df = pd.DataFrame(rows, columns=columns)
@@ -173,6 +178,51 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join([header, align, *rows]) + "\n"
 
 
+# The headline: what a reader compares first (label, column, digits are set by the spread).
+HEADLINE = [("class consistency ↑", "class_consistency"), ("hue W1 ↓", "hue_w1"), ("domain FD ↓", "domain_fd"),
+            ("recall ↑", "domain_recall"), ("img/s", "throughput_img_s"), ("NFE", "nfe"),
+            ("GFLOPs/img", "gflops_per_image"), ("train images", "train_images")]
+
+
+def mean_std(values: pd.Series) -> str:
+    """``mean ± std`` over seeds, the mean rounded to the std's second significant digit (three
+    significant digits for one seed); empty when there is no value."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    if v.empty:
+        return ""
+    m = float(v.mean())
+    if len(v) < 2 or float(v.std()) == 0:
+        return f"{m:.3g}" + (f" ± 0 (n={len(v)})" if len(v) > 1 else "")
+    sd = float(v.std())
+    digits = max(0, 1 - int(math.floor(math.log10(sd))))
+    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def setting_in_words(row: pd.Series) -> str:
+    """``cfg 1.5, 4 flow steps`` style: the sampler cell, the scales and the resolution."""
+    sampler = str(row.get("sampler") or "").replace("num_flow_steps=", "flow steps ").replace("=", " ")
+    parts = [p for p in (sampler, f"scales {row['scales']}" if isinstance(row.get("scales"), str) else "",
+                         f"{int(row['resolution'])} px" if pd.notna(row.get("resolution")) else "") if p]
+    return ", ".join(parts)
+
+
+def headline(df: pd.DataFrame) -> pd.DataFrame:
+    """At most 10 columns, one row per method x setting (seeds pooled as mean ± std), the
+    configured default marked ★, rows that cannot be sampled left out (the full table has them)."""
+    rows = []
+    ok = df[df["note"].isna()] if "note" in df.columns else df
+    for (method, _), group in ok.groupby(["method", "config_hash"], sort=False):
+        first = group.iloc[0]
+        default = "configured" not in group.columns or bool(first.get("configured", True))
+        row = {"method": method + (" ★" if default else ""), "setting": setting_in_words(first)}
+        for label, col in HEADLINE:
+            row[label] = mean_std(group[col]) if col in group.columns else ""
+        row["seeds"] = len(group)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["method", "setting", *(label for label, _ in HEADLINE), "seeds"])
+    return table.drop(columns=["seeds"] if len(table.columns) > 10 else [])
+
+
 def _mean_std_table(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """The summary with each value shown as ``mean ± std`` strings."""
     table = summary[["method", "config_hash", "dataset", "resolution", "n_seeds"]].copy()
@@ -183,7 +233,7 @@ def _mean_std_table(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-TOKENIZER_COLUMNS = ["tokenizer", "kind", "preset", "dataset", "resolution", "recon_fd", "recon_psnr",
+TOKENIZER_COLUMNS = ["tokenizer", "kind", "preset", "dataset", "resolution", "recon_fd", "recon_hue_w1", "recon_psnr",
                      "recon_class_accuracy", "real_class_accuracy", "num_reference", "codebook_usage_pct",
                      "dead_codes", "used_by", "tokenizer_key"]
 
@@ -191,21 +241,22 @@ TOKENIZER_COLUMNS = ["tokenizer", "kind", "preset", "dataset", "resolution", "re
 def tokenizer_table(records: Iterable[dict]) -> pd.DataFrame:
     """One row per tokenizer x preset x resolution, from the reference figures the evaluation
     records (the newest record wins): reconstructions of the held-out reference images scored
-    like samples — ``recon_fd``, the domain rFID (classifier FD of reconstructions vs the real
-    images), PSNR and the classifier's accuracy on them. Kept apart from the generation table:
+    like samples — ``recon_fd``, the domain rFID (evaluator FD of reconstructions vs the real
+    images), ``recon_hue_w1`` (their hue distribution against the real one), PSNR and the
+    evaluator's class accuracy on them. Kept apart from the generation table:
     rFID and gFID are different protocols."""
     rows = {}
     for record in sorted(records, key=_created):
         tok, ref = record.get("tokenizer") or {}, record.get("reference") or {}
-        if "classifier_fd_recon" not in ref or "name" not in tok:
+        if "domain_fd_recon" not in ref or "name" not in tok:
             continue
         key = (tok.get("key", tok["name"]), record.get("preset"), record.get("dataset"), record.get("resolution"))
         used_by = sorted({record["method"], *(rows[key]["used_by"].split(", ") if key in rows else [])})
         rows[key] = {"tokenizer": tok["name"], "kind": tok.get("kind"), "preset": record.get("preset"),
                      "dataset": record.get("dataset"), "resolution": record.get("resolution"),
-                     "recon_fd": ref["classifier_fd_recon"], "recon_psnr": ref.get("recon_psnr"),
-                     "recon_class_accuracy": ref.get("classifier_acc_recon"),
-                     "real_class_accuracy": ref.get("classifier_acc_real"),
+                     "recon_fd": ref["domain_fd_recon"], "recon_hue_w1": ref.get("hue_w1_recon"), "recon_psnr": ref.get("recon_psnr"),
+                     "recon_class_accuracy": ref.get("class_acc_recon"),
+                     "real_class_accuracy": ref.get("class_acc_real"),
                      "num_reference": (record.get("protocol") or {}).get("num_reference"),
                      "codebook_usage_pct": tok.get("codebook_usage_pct"), "dead_codes": tok.get("dead_codes"),
                      "used_by": ", ".join(used_by), "tokenizer_key": tok.get("key")}
@@ -225,7 +276,13 @@ def rebuild_leaderboard(records_root: str | Path, out_dir: str | Path) -> pd.Dat
     atomic_write(out_dir / "leaderboard.csv", lambda tmp: df.to_csv(tmp, index=False))
     atomic_write(out_dir / "leaderboard_summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
     cost = [c for c in COST_COLUMNS if c in df.columns]
-    markdown = ("# Leaderboard\n\nOne row per run (method x config x seed).\n\n"
+    markdown = ("# Leaderboard\n\n## Headline\n\nMean ± std over seeds; ★ the configured settings (other "
+                "rows are sampler sweeps of the same weights). Quality on `shapes` is read by the factor "
+                "evaluator: class consistency, the Wasserstein-1 distance of the hue distribution to the real one "
+                "(turns), the Fréchet distance and recall in its feature space (not Inception metrics). img/s at "
+                "the evaluation batch; train images = steps x batch.\n\n"
+                + markdown_table(headline(df))
+                + "\n## Every run\n\nOne row per run (method x config x seed); all columns in `leaderboard.csv`.\n\n"
                 + markdown_table(df.drop(columns=["run_dir", *cost]))
                 + "\n## Sampling cost\n\nImages/s and latency at the evaluation batch and at batch 1 (median of "
                   "repeats after a warm-up; tokens + decoding), network evaluations per image, GFLOPs per image "
@@ -238,7 +295,8 @@ def rebuild_leaderboard(records_root: str | Path, out_dir: str | Path) -> pd.Dat
     atomic_write(out_dir / "tokenizers.csv", lambda tmp: tokenizers.to_csv(tmp, index=False))
     write_text(out_dir / "tokenizers.md", "# Tokenizers\n\nReconstructions of the held-out reference images, "
                        "scored like samples: `recon_fd` is the domain rFID (Fréchet distance in the shapes "
-                       "classifier's feature space, torch-fidelity), `recon_psnr` in dB, and the classifier's accuracy "
+                       "factor evaluator's feature space, torch-fidelity), `recon_hue_w1` the Wasserstein-1 distance "
+                       "of their hues to the real ones (turns), `recon_psnr` in dB, and the evaluator's class accuracy "
                        "on the reconstructions and on the real images. A separate protocol from generation (the "
                        "leaderboard); codebook usage is measured on 512 held-out images at the training resolution."
                        "\n\n" + markdown_table(tokenizers))

@@ -147,6 +147,9 @@ class FlexVQTokenizer(GroundTruthTokenizer, VQTokenizer):
         if self.cfg.pretrained:
             raise RuntimeError("flexvq.pretrained is set: the official tokenizer is loaded, not trained here")
         f = self.features(images)
+        if self.warming_up(self.train_steps, f, self.embedding.weight, self.ema_hits, generator):
+            recon = self.decode(F.normalize(f, dim=1) if self.cfg.codebook_l2_norm else f)   # what z_q will be near
+            return F.l1_loss(recon, images) + F.mse_loss(recon, images)
         pn = list(self.patch_nums)
         device = generator.device if generator is not None else "cpu"
         others = torch.randperm(len(pn) - 1, generator=generator, device=device)[:self.cfg.recon_scales - 1].tolist()

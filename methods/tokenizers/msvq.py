@@ -285,7 +285,11 @@ class MSVQTokenizer(ResidualTokenizer, VQTokenizer):
         if self.cfg.pretrained:
             raise RuntimeError("msvq.pretrained is set: the official tokenizer is loaded, not trained here")
         self.check_size(images)
-        f_hat, vq_loss, _ = self.quantize(self.features(images), generator)
+        f, q = self.features(images), self.quantize
+        if self.warming_up(q.train_steps, f, q.embedding.weight, q.ema_vocab_hit_SV, generator):
+            recon = self.decode(f)
+            return F.l1_loss(recon, images) + F.mse_loss(recon, images)
+        f_hat, vq_loss, _ = q(f, generator)
         recon = self.decode(f_hat)
         return F.l1_loss(recon, images) + F.mse_loss(recon, images) + vq_loss
 

@@ -31,6 +31,12 @@ class VQConfig(TokenizerConfig):
     # codebook trained from scratch collapses to a few percent of its codes (measured).
     restart_every: int = 25
     restart_threshold: float = 0.03
+    # Training here: for the first `quantize_after` steps the decoder reconstructs from the
+    # continuous features (an autoencoder warm-up); then every code restarts at a feature vector
+    # drawn from the batch and quantization begins. Without it a small codebook trained from
+    # scratch settles on the colours of a few codes: on `tiny` 99% of the reconstructions'
+    # hues fell in 2 of 12 bins (measured).
+    quantize_after: int = 0
 
     official_file: ClassVar[str] = "the official tokenizer checkpoint"
 
@@ -39,6 +45,10 @@ class VQConfig(TokenizerConfig):
         for name in ("vocab_size", "ch", "num_res_blocks", "norm_num_groups"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_positive(f"{key}.restart_every", self.restart_every, allow_zero=True)
+        check_positive(f"{key}.quantize_after", self.quantize_after, allow_zero=True)
+        if self.steps and self.quantize_after >= self.steps:
+            raise ConfigError(f"{key}.quantize_after={self.quantize_after} must be below {key}.steps={self.steps}: "
+                              "the codebook would never be trained")
         check_range(f"{key}.beta", self.beta, 0.0, 10.0)
         check_scale_list(f"{key}.patch_nums", list(self.patch_nums))
         check_group_widths(key, [self.ch * m for m in self.ch_mult], self.norm_num_groups)
@@ -61,6 +71,13 @@ def restart_dead_codes(codebook: torch.Tensor, hits: torch.Tensor, threshold: fl
     return len(dead)
 
 
+def scale_vectors(f: torch.Tensor, patch_nums) -> torch.Tensor:
+    """Every scale's vectors of a feature map f (B, C, H, W), area-downsampled, as (N, C)."""
+    import torch.nn.functional as F
+    maps = [F.interpolate(f, size=(pn, pn), mode="area") for pn in patch_nums]
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for m in maps])
+
+
 class VQTokenizer(MultiScaleTokenizer):
     """encoder (LDM layout) -> quantizer -> decoder, with official weights loaded strictly.
     Subclasses say how an official state dict converts (``convert_official``) and which of
@@ -68,6 +85,18 @@ class VQTokenizer(MultiScaleTokenizer):
     name: ClassVar[str]                                # its registry name and config section
     official_what: ClassVar[str] = "an official tokenizer checkpoint"
     monitor_buffers: ClassVar[tuple[str, ...]] = ()
+
+    def warming_up(self, steps: torch.Tensor, f: torch.Tensor, codebook: torch.Tensor, hits: torch.Tensor,
+                   generator: torch.Generator | None) -> bool:
+        """True while training reconstructs from continuous features (``quantize_after``). The
+        step that ends the warm-up moves every code onto a vector of ``f`` drawn at random."""
+        if not (self.training and int(steps) < self.cfg.quantize_after):
+            return False
+        steps += 1
+        if int(steps) == self.cfg.quantize_after:
+            restart_dead_codes(codebook, hits, float("inf"), scale_vectors(f.detach().float(), self.patch_nums),
+                               generator)
+        return True
 
     def build_autoencoder(self, z_channels: int, using_sa: bool = True, using_mid_sa: bool = True) -> None:
         c = self.cfg
