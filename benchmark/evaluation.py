@@ -5,6 +5,7 @@ floor), and per row: sample, score, measure the sampling cost, write the record 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from benchmark import distributed, records, results, speed
 from benchmark.build import build_dataset, build_method, load_tokenizer, load_trained
 from benchmark.config import ConfigError, section, validate
+from benchmark.io import atomic_write
 from benchmark.generation import balanced_labels, generate_images, to_uint8
 from benchmark.keys import RunKeys
 from benchmark.metrics import domain
@@ -24,6 +26,13 @@ from benchmark.metrics import factors as fac
 from benchmark.records import Row
 from methods.base import Method, NotSupportedByDesign, Tokenizer
 from methods.registry import METHODS, lookup
+
+
+def save_npz(path: Path, **arrays) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:   # a file object: np.savez would append .npz to a name
+            np.savez_compressed(f, **arrays)
+    return atomic_write(path, write)
 
 
 def psnr(recon: torch.Tensor, images: torch.Tensor) -> float:
@@ -123,6 +132,7 @@ class Reference:
     class_names: list[str]
     values: dict             # the record's "reference": the ceiling (real, reconstructions) and the floor
     protocol: dict
+    cells: dict              # real images and their reconstructions, a few per class, for the grids
 
 
 def score(evaluator: Path, images: torch.Tensor, labels: torch.Tensor, reference: dict, num_classes: int,
@@ -160,7 +170,8 @@ def build_reference(cfg: DictConfig, method: str, tok: Tokenizer, resolution: in
         floor = score(evaluator, images, labels, real_feats, k, device)
         values.update({f"untrained_{m}": floor[m] for m in (domain.KEY_CLASS_CONSISTENCY, domain.KEY_FD, "hue_w1")})
         protocol["floor_sampler"] = untrained.sampler_settings(**settings)
-    return Reference(evaluator, real_feats, labels, list(train_set.class_names), values, protocol)
+    cells = {"real": results.grid_cells(real, real_labels)["cells"], "recon": results.grid_cells(recon, real_labels)["cells"]}
+    return Reference(evaluator, real_feats, labels, list(train_set.class_names), values, protocol, cells)
 
 
 # -- the stage --------------------------------------------------------------------------
@@ -184,6 +195,8 @@ def evaluate_row(row: Row, model: Method, tok: Tokenizer, reference: Reference, 
     shared_grid = Path(cfg.paths.results) / "grids" / row.keys.record.with_suffix(".png").name
     shared_grid.parent.mkdir(parents=True, exist_ok=True)
     shared_grid.write_bytes(grid.read_bytes())
+    cells = results.grid_cells(images, reference.labels)   # what the side-by-side figure shows
+    save_npz(shared_grid.with_suffix(".npz"), **cells, **reference.cells, class_names=json.dumps(reference.class_names))
     record = records.make_record(row, model, resolution, metrics, reference.values, sample_s,
                                  {**reference.protocol, "cost": cost_protocol})
     return records.write(row.keys, record)

@@ -118,4 +118,6 @@ def collect(results_dir: str | Path) -> "object":
     frame = results.rebuild_leaderboard(results_dir / "records", results_dir)
     if len(frame):
         results.plot_leaderboard(frame, results_dir / "plots")
+        records, _ = results.read_records(results_dir / "records")
+        results.save_side_by_side(records, results_dir / "grids")
     return frame

@@ -213,3 +213,25 @@ def test_headline_has_at_most_ten_columns_with_mean_and_std_over_seeds(records_r
     assert md.index("## Headline") < md.index("## Every run")
     assert mean_std(pd.Series([0.5, 0.52])) == "0.510 ± 0.014"          # digits set by the spread
     assert mean_std(pd.Series([12.3456])) == "12.3" and mean_std(pd.Series([], dtype=float)) == ""
+
+
+def test_side_by_side_figure_from_the_cells_each_evaluation_kept(tmp_path):
+    """The configured rows of every method, under the real images and the reconstructions."""
+    import json as _json
+
+    import numpy as np
+    from benchmark.results import grids
+    labels = torch.arange(3).repeat_interleave(4)
+    cells = lambda v: grids.grid_cells(torch.full((12, 3, 8, 8), v), labels)
+    records = []
+    for i, method in enumerate(["flowar", "var"]):
+        record = make_record(method, 0, 0.5, 10.0)
+        record.update(config_hash=f"h{i}", configured=True, tokenizer={"name": ["kl", "msvq"][i]})
+        np.savez(tmp_path / f"tiny_{method}_h{i}_seed0.npz", **cells(0.5 * i), real=cells(1.0)["cells"],
+                 recon=cells(-1.0)["cells"], class_names=_json.dumps(["a", "b", "c"]))
+        records.append(record)
+    records.append({**records[0], "configured": False, "config_hash": "swept"})   # a sweep row: left out
+    (path,) = grids.save_side_by_side(records, tmp_path)
+    assert path.name == "side_by_side_tiny_32px_seed0.png"
+    image = np.asarray(Image.open(path))
+    assert image.shape[0] > 4 * 64 and image.shape[1] > 6 * 64     # 5 rows (real, kl, msvq, 2 methods) of 6 cells

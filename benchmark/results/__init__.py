@@ -7,11 +7,13 @@ frames and Markdown, ``plots`` the figures (bare matplotlib Figures through the 
 display, pyplot's global state untouched), ``grids`` the sample grids.
 """
 from benchmark.io import write_json as write_record
-from benchmark.results.grids import GRID_PADDING, label_margin, save_sample_grid
+from benchmark.results.grids import (GRID_PADDING, grid_cells, label_margin, save_comparison, save_sample_grid,
+                                     save_side_by_side)
 from benchmark.results.plots import _setting_labels, plot_leaderboard, plot_quality_speed, save_loss_curve
 from benchmark.results.tables import (COST_COLUMNS, ID_COLUMNS, MAIN_METRICS, markdown_table, read_records,
                                       rebuild_leaderboard, records_to_frame, summarize, tokenizer_table)
 
-__all__ = ["COST_COLUMNS", "GRID_PADDING", "ID_COLUMNS", "MAIN_METRICS", "label_margin", "markdown_table",
+__all__ = ["COST_COLUMNS", "GRID_PADDING", "ID_COLUMNS", "MAIN_METRICS", "grid_cells", "label_margin", "markdown_table",
+           "save_comparison", "save_side_by_side",
            "plot_leaderboard", "plot_quality_speed", "read_records", "rebuild_leaderboard", "records_to_frame",
            "save_loss_curve", "save_sample_grid", "summarize", "tokenizer_table", "write_record"]
