@@ -92,6 +92,8 @@ def parser() -> argparse.ArgumentParser:
     col = sub.add_parser("collect", help="rebuild the leaderboard and plots from the records (of a sweep's results)")
     col.add_argument("run", nargs="?", default=None, help="a sweep folder (default: --results)")
     col.add_argument("--results", default="results")
+    col.add_argument("--readme", default=None, help="also rewrite this file's <!-- generated:NAME --> blocks from "
+                     "these results (how the README's figures are made from results/reference)")
     val = sub.add_parser("validate-evaluator", help="score deliberately broken generators with the shapes evaluator "
                          "(which metric catches what): results/evaluator_validation.{csv,md}")
     val.add_argument("--samples", type=int, default=800, help="images per set (default: 800, tiny's evaluation)")
@@ -99,6 +101,11 @@ def parser() -> argparse.ArgumentParser:
     val.add_argument("--variant", default="easy", choices=["easy", "hard"])
     val.add_argument("--results", default="results", help="where the tables go")
     val.add_argument("--cache", default="cache", help="where an evaluator trained here (no shipped one) is cached")
+    rep = sub.add_parser("report", help="one self-contained HTML report of a results folder (tables, plots, grids, "
+                         "the papers' published numbers)")
+    rep.add_argument("--results", default="results")
+    rep.add_argument("--out", default=None, help="default: <results>/report.html")
+    rep.add_argument("--with-reference", action="store_true", help="show the shipped results/reference rows too")
     st = sub.add_parser("status", help="each job of a sweep: state, id, error")
     st.add_argument("run", nargs="?", default=None, help="the sweep folder `run` printed (default: the newest)")
     st.add_argument("--runs", default="runs", help="where sweeps are looked up by name (paths.runs)")
@@ -181,6 +188,9 @@ def cmd_collect(args) -> int:
     frame = api.collect(results_dir)
     print(frame.to_string(index=False) if len(frame) else f"no records under {results_dir}/records")
     print(f"leaderboard: {results_dir}/leaderboard.csv")
+    if args.readme:
+        from benchmark.results.readme import update_readme
+        print(f"{args.readme}: rewrote " + (", ".join(update_readme(args.readme, results_dir)) or "no block"))
     return 0
 
 
@@ -248,6 +258,18 @@ def cmd_prefetch(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from benchmark.results.report import build_report
+    root = Path(__file__).resolve().parent.parent / "results"
+    if not Path(args.results).is_dir():
+        raise ConfigError(f"--results {args.results} is not a folder; run `python -m benchmark run` first or give "
+                          "the folder a run wrote (paths.results)")
+    out = build_report(args.results, args.out or Path(args.results) / "report.html", root / "paper_results.csv",
+                       root / "reference" if args.with_reference else None)
+    print(f"report: {out}")
+    return 0
+
+
 def cmd_validate_evaluator(args) -> int:
     from benchmark.io import atomic_write, write_text
     from benchmark.metrics import factors, validation
@@ -274,7 +296,7 @@ def cmd_validate_evaluator(args) -> int:
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "sample": cmd_sample, "train-tokenizer": cmd_train_tokenizer,
             "evaluate": cmd_evaluate, "prefetch": cmd_prefetch, "collect": cmd_collect, "status": cmd_status,
-            "validate-evaluator": cmd_validate_evaluator}
+            "validate-evaluator": cmd_validate_evaluator, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -235,3 +235,13 @@ def test_side_by_side_figure_from_the_cells_each_evaluation_kept(tmp_path):
     assert path.name == "side_by_side_tiny_32px_seed0.png"
     image = np.asarray(Image.open(path))
     assert image.shape[0] > 4 * 64 and image.shape[1] > 6 * 64     # 5 rows (real, kl, msvq, 2 methods) of 6 cells
+
+
+def test_readme_blocks_are_rewritten_from_records_only(records_root, tmp_path):
+    from benchmark.results.readme import update_readme
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- generated:headline -->\nstale\n<!-- /generated:headline -->\n"
+                      "<!-- generated:validation -->\nkept\n<!-- /generated:validation -->\noutro\n")
+    assert update_readme(readme, records_root.parent) == ["headline"]   # no validation table there: left alone
+    text = readme.read_text()
+    assert "stale" not in text and "| flowar ★ |" in text and "kept" in text and text.endswith("outro\n")

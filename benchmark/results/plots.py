@@ -128,6 +128,8 @@ def plot_loss_curves(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     for ax, method in zip(axes, methods):
         sns.lineplot(data=data[data.method == method], x="step", y="loss", hue="run", lw=1, ax=ax)
         ax.set(yscale="log", title=f"{method}: training loss", xlabel="step", ylabel="loss (log)")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.legend(fontsize=7, frameon=False)
     return [_save_figure(fig, Path(out_dir) / "loss_curves.png", svg=True)]
 

@@ -185,22 +185,27 @@ HEADLINE = [("class consistency ↑", "class_consistency"), ("hue W1 ↓", "hue_
 
 
 def mean_std(values: pd.Series) -> str:
-    """``mean ± std`` over seeds, the mean rounded to the std's second significant digit (three
-    significant digits for one seed); empty when there is no value."""
+    """``mean ± std`` over seeds with the std to one significant digit (two when it starts with
+    a 1) and the mean to the same decimal place; one value, or equal values, as the value alone
+    (3 significant digits; whole numbers with thousands separators); empty without a value."""
     v = pd.to_numeric(values, errors="coerce").dropna()
     if v.empty:
         return ""
     m = float(v.mean())
-    if len(v) < 2 or float(v.std()) == 0:
-        return f"{m:.3g}" + (f" ± 0 (n={len(v)})" if len(v) > 1 else "")
-    sd = float(v.std())
-    digits = max(0, 1 - int(math.floor(math.log10(sd))))
+    sd = float(v.std()) if len(v) > 1 else 0.0
+    if sd == 0:
+        return f"{m:,.0f}" if m == round(m) and abs(m) >= 1000 else f"{m:.3g}"
+    exponent = int(math.floor(math.log10(sd)))
+    digits = max(0, -exponent + (1 if f"{sd:e}".startswith("1") else 0))
     return f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
 def setting_in_words(row: pd.Series) -> str:
-    """``cfg 1.5, 4 flow steps`` style: the sampler cell, the scales and the resolution."""
-    sampler = str(row.get("sampler") or "").replace("num_flow_steps=", "flow steps ").replace("=", " ")
+    """``cfg 1.5, 4 flow steps, scales 1-2-4-8, 32 px``: the settings a reader compares first (the
+    full sampler settings are in the CSV's ``sampler`` column)."""
+    words = {"cfg": "cfg {}", "num_flow_steps": "{} flow steps", "top_k": "top-k {}", "top_p": "top-p {}"}
+    tokens = [t.split("=", 1) for t in str(row.get("sampler") or "").split() if "=" in t]
+    sampler = ", ".join(words[k].format(v) for k, v in tokens if k in words and v not in ("0", "0.0"))
     parts = [p for p in (sampler, f"scales {row['scales']}" if isinstance(row.get("scales"), str) else "",
                          f"{int(row['resolution'])} px" if pd.notna(row.get("resolution")) else "") if p]
     return ", ".join(parts)
