@@ -198,7 +198,8 @@ def evaluate_row(row: Row, model: Method, tok: Tokenizer, reference: Reference, 
     cells = results.grid_cells(images, reference.labels)   # what the side-by-side figure shows
     save_npz(shared_grid.with_suffix(".npz"), **cells, **reference.cells, class_names=json.dumps(reference.class_names))
     record = records.make_record(row, model, resolution, metrics, reference.values, sample_s,
-                                 {**reference.protocol, "cost": cost_protocol})
+                                 {**reference.protocol, "cost": cost_protocol}, started=start,
+                                 evaluate_s=time.time() - start)
     return records.write(row.keys, record)
 
 

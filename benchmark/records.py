@@ -62,7 +62,9 @@ def compute(cfg: DictConfig, method: str, train_info: dict) -> dict:
 
 
 def make_record(row: Row, model: Method, resolution: int, metrics: dict | None = None, reference: dict | None = None,
-                sample_s: float = 0.0, extra_protocol: dict | None = None) -> dict:
+                sample_s: float = 0.0, extra_protocol: dict | None = None, started: float | None = None,
+                evaluate_s: float | None = None) -> dict:
+    """The record of one row; ``started`` (epoch seconds) when its evaluation began."""
     cfg, keys = row.cfg, row.keys
     tok_info = json.loads((keys.tokenizer_dir / "tokenizer.json").read_text())
     train_file = keys.run_dir / "train.json"
@@ -78,11 +80,12 @@ def make_record(row: Row, model: Method, resolution: int, metrics: dict | None =
                       **{k: tok_info[k] for k in ("name", "kind", "psnr", "scaling_factor", "codebook_usage_pct",
                                                   "dead_codes") if k in tok_info}},
         "timings": {"tokenizer_s": tok_info.get("seconds", 0.0), "train_s": train_info.get("seconds", 0.0),
-                    "sample_s": sample_s},
+                    "sample_s": sample_s, "evaluate_s": evaluate_s},
         "compute": compute(cfg, keys.method, train_info),
         "provenance": provenance(),
         "protocol": {**protocol(row, model), **(extra_protocol or {})},
         "versions": versions(), "config": OmegaConf.to_container(cfg, resolve=True),
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat() if started else None,
         "created": datetime.now(timezone.utc).isoformat(), "run_dir": str(keys.run_dir),
         **({"note": row.note, "scales": None} if row.note else {}),
     }

@@ -166,13 +166,14 @@ def test_sample_grid_pads_missing_cells(tmp_path):
 def test_plots_created(records_root, tmp_path):
     df = results.rebuild_leaderboard(records_root, tmp_path / "lb")
     paths = results.plot_leaderboard(df, tmp_path / "plots")
-    assert sorted(p.name for p in paths) == ["class_consistency.png", "domain_fd.png", "quality_speed_flowar.png",
-                                             "quality_speed_var.png", "quality_vs_speed.png", "throughput_img_s.png"]
+    assert sorted(p.name for p in paths) == ["class_consistency.png", "domain_fd.png", "extrapolation.png",
+                                             "quality_speed_flowar.png", "quality_speed_var.png", "quality_vs_speed.png",
+                                             "throughput_img_s.png"]
     assert (tmp_path / "plots" / "quality_vs_speed.svg").exists()
     assert all(p.stat().st_size > 0 for p in paths)
 
     single = results.plot_leaderboard(df.iloc[:1].drop(columns="throughput_img_s"), tmp_path / "one")
-    assert [p.name for p in single] == ["class_consistency.png", "domain_fd.png"]   # no speed: no speed plot
+    assert [p.name for p in single] == ["class_consistency.png", "domain_fd.png", "extrapolation.png"]   # no speed plot
     assert Image.open(single[0]).size[0] > 100
 
 

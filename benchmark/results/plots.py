@@ -50,7 +50,92 @@ def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
             sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), frameon=False)
         ax.set(xlabel="", title=f"{metric} ({METRIC_DIRECTION[metric]})")
         paths.append(_save_figure(fig, Path(out_dir) / f"{metric}.png"))
-    return paths + plot_quality_speed(df, out_dir) + plot_quality_cost(df, out_dir) + plot_loss_curves(df, out_dir)
+    return (paths + plot_quality_speed(df, out_dir) + plot_quality_cost(df, out_dir) + plot_loss_curves(df, out_dir)
+            + plot_extrapolation(df, out_dir) + plot_quality_compute(df, out_dir))
+
+
+SCALE_TOKENS = ("infer_patch_nums=", "topk_sides=", "max_pn=")   # sampler settings that follow the scale list
+
+
+def _sampler_core(sampler) -> str:
+    return " ".join(t for t in str(sampler or "").split() if not t.startswith(SCALE_TOKENS))
+
+
+def _errorbar_lines(ax, data: pd.DataFrame, x: str, y: str, palette: dict) -> None:
+    for method, rows in data.groupby("method"):
+        stats = rows.dropna(subset=[x, y]).groupby(x)[y].agg(["mean", "std"]).reset_index().sort_values(x)
+        if stats.empty:
+            continue
+        ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), fmt="-o", ms=5, capsize=3,
+                    color=palette[method], label=method)
+
+
+def plot_extrapolation(df: pd.DataFrame, out_dir: str | Path, metric: str = "class_consistency") -> list[Path]:
+    """Every method on one figure: quality against the sampling resolution (each method's
+    configured sampler) and against the number of AR steps (scale lists swept at the training
+    resolution, other settings as configured); rows that are not supported by design are listed
+    under the panel they belong to."""
+    if metric not in df.columns or "resolution" not in df.columns:
+        return []
+    configured = df[df["configured"].fillna(True).astype(bool)] if "configured" in df.columns else df
+    ok = configured[configured[metric].notna()]
+    train_res = ok.groupby("method")["resolution"].min()
+    steps = []
+    for method, rows in df[df[metric].notna()].groupby("method"):
+        base = ok[(ok.method == method) & (ok.resolution == train_res.get(method))]
+        if len(base):
+            core = _sampler_core(base.iloc[0]["sampler"])
+            same = rows[(rows.resolution == train_res[method]) & (rows["sampler"].map(_sampler_core) == core)]
+            steps.append(same.dropna(subset=["scales"]).assign(
+                ar_steps=lambda d: d["scales"].astype(str).str.count("-") + 1))
+    steps = pd.concat(steps) if steps else pd.DataFrame()
+    notes = df[df["note"].notna()] if "note" in df.columns else df.iloc[:0]
+    if ok.empty:
+        return []
+    palette = dict(zip(sorted(df.method.unique()), sns.color_palette("colorblind")))
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(11, 4.2))
+        axes = fig.subplots(1, 2)
+    _errorbar_lines(axes[0], ok, "resolution", metric, palette)
+    axes[0].set(xlabel="sampling resolution (px)", ylabel=metric, title=f"{metric} against resolution",
+                xticks=sorted(ok["resolution"].unique()))
+    if len(steps) and "ar_steps" in steps.columns:
+        _errorbar_lines(axes[1], steps, "ar_steps", metric, palette)
+        axes[1].set_xticks(sorted(steps["ar_steps"].unique()))
+    axes[1].set(xlabel="AR steps (scales)", ylabel=metric, title=f"{metric} against step count")
+    other_res = notes["resolution"] != notes["method"].map(train_res)   # else: another scale list
+    for ax, rows in zip(axes, (notes[other_res], notes[~other_res])):
+        names = sorted({f"{r.method} at {r.resolution} px" if ax is axes[0] else f"{r.method} (other scale lists)"
+                        for r in rows.itertuples()})
+        if names:
+            ax.text(0.02, 0.02, "not supported by design: " + ", ".join(names), transform=ax.transAxes, fontsize=8,
+                    color="dimgrey")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(frameon=False, fontsize=8)
+    return [_save_figure(fig, Path(out_dir) / "extrapolation.png", svg=True)]
+
+
+def plot_quality_compute(df: pd.DataFrame, out_dir: str | Path,
+                         metrics: Sequence[str] = ("class_consistency", "hue_w1")) -> list[Path]:
+    """Quality of the configured rows against training compute (images seen = steps x batch),
+    every method on one figure, error bars over seeds."""
+    metrics = [m for m in metrics if m in df.columns]
+    if "train_images" not in df.columns or not metrics:
+        return []
+    rows = df[df["configured"].fillna(True).astype(bool)] if "configured" in df.columns else df
+    rows = rows.dropna(subset=["train_images", *metrics])
+    if rows.empty:
+        return []
+    palette = dict(zip(sorted(df.method.unique()), sns.color_palette("colorblind")))
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(5 * len(metrics), 4))
+        axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    for ax, metric in zip(axes, metrics):
+        _errorbar_lines(ax, rows, "train_images", metric, palette)
+        ax.set(xlabel="training images seen (steps x batch)", ylabel=metric,
+               title=f"{metric} ({METRIC_DIRECTION.get(metric, '')}) against training compute")
+        ax.legend(frameon=False, fontsize=8)
+    return [_save_figure(fig, Path(out_dir) / "quality_vs_training_compute.png", svg=True)]
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray, higher_is_better: bool) -> np.ndarray:

@@ -84,5 +84,25 @@ def build_report(results_dir: str | Path, out: str | Path, paper_csv: str | Path
         parts.append("<h2>Published numbers (ImageNet)</h2><p class='note'>From the papers and official "
                      "repositories, each with its source; <i>FID here</i> is this suite's Inception FID on the same "
                      "setting where a record has one.</p>" + _table(papers_table(Path(paper_csv), mine)))
-    parts.append("</body></html>")
+    # After load, the page says whether every image decoded (the browser test reads it).
+    parts.append("<script>addEventListener('load',()=>document.body.dataset.imagesOk=[...document.images]"
+                 ".every(i=>i.complete&&i.naturalWidth>0))</script></body></html>")
+    write_markdown(Path(out).with_suffix(".md"), results_dir, records, mine, figures, paper_csv)
     return write_text(Path(out), "\n".join(parts))
+
+
+def write_markdown(path: Path, results_dir: Path, records: list[dict], mine: pd.DataFrame, figures: list[Path],
+                   paper_csv) -> Path:
+    """The same report as Markdown, figures linked (relative to the results folder)."""
+    from benchmark.results.tables import markdown_table
+    lines = ["# scalewise-bench report", "", provenance_line(records).replace("results/reference/records/",
+                                                                              str(results_dir / "records")), "",
+             "## Headline", "", markdown_table(headline(mine)) if len(mine) else "No records yet.", ""]
+    lines += [f"![{p.stem}]({p.relative_to(results_dir)})" for p in figures if p.is_relative_to(results_dir)]
+    if records:
+        tok = tokenizer_table(records)
+        if len(tok):
+            lines += ["", "## Tokenizers", "", markdown_table(tok.drop(columns=["tokenizer_key"]))]
+    if paper_csv and Path(paper_csv).exists():
+        lines += ["", "## Published numbers (ImageNet)", "", markdown_table(papers_table(Path(paper_csv), mine))]
+    return write_text(path, "\n".join(lines) + "\n")
