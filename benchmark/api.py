@@ -40,6 +40,11 @@ def plan(methods: Sequence[str], presets: Sequence[str] = ("tiny",), seeds: Sequ
     unknown = [s for s in stages if s not in ALL_STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; choose from: {', '.join(ALL_STAGES)}")
+    for name, values in (("--methods", list(methods)), ("--seeds", list(seeds or [])), ("--preset", list(presets))):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"{name} lists {', '.join(repeated)} twice; give each once (two jobs would share one "
+                              "run directory)")
     cfgs = configs(presets, overrides, cluster, executor)   # imports the config's plug-ins first
     for m in methods:
         lookup(METHODS, m)

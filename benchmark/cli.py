@@ -185,8 +185,12 @@ def cmd_collect(args) -> int:
     results_dir = args.results
     if args.run:
         results_dir = json.loads((find_sweep(args.run) / "sweep.json").read_text())["results"]
+    if not any(Path(results_dir, "records").rglob("*.json")):
+        print(f"error: no records under {results_dir}/records: run `python -m benchmark run ...` first, or give "
+              "--results the folder a run wrote (its paths.results)", file=sys.stderr)
+        return 1
     frame = api.collect(results_dir)
-    print(frame.to_string(index=False) if len(frame) else f"no records under {results_dir}/records")
+    print(frame.to_string(index=False) if len(frame) else f"no readable records under {results_dir}/records")
     print(f"leaderboard: {results_dir}/leaderboard.csv")
     if args.readme:
         from benchmark.results.readme import update_readme

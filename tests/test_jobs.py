@@ -105,3 +105,12 @@ def test_local_jobs_see_the_gpus_the_run_uses(monkeypatch):
     assert executors.local_resources(load_config("smoke", ["device=cuda"]))["visible_gpus"] == [2, 3]
     assert executors.local_resources(load_config("smoke", ["device=cpu", "jobs.tasks_per_node=2"])) == \
         {"tasks_per_node": 2}
+
+
+def test_repeated_seeds_or_methods_and_an_empty_collect_are_refused(tmp_path, capsys):
+    assert main(["run", "--methods", "var", "--seeds", "0", "0", "--preset", "smoke", "--dry-run"]) == 2
+    assert "--seeds lists 0 twice" in capsys.readouterr().err
+    assert main(["run", "--methods", "var", "var", "--preset", "smoke", "--dry-run"]) == 2
+    assert "--methods lists var twice" in capsys.readouterr().err
+    assert main(["collect", "--results", str(tmp_path)]) == 1
+    assert "no records under" in capsys.readouterr().err and not list(tmp_path.iterdir())
