@@ -190,8 +190,11 @@ def evaluate_row(row: Row, model: Method, tok: Tokenizer, reference: Reference, 
                                               ev.throughput_repeats, **row.settings)
     metrics = {**score(reference.evaluator, images, reference.labels, reference.features, len(reference.class_names),
                        device), **cost}
+    title = (f"{row.keys.method}, {cfg.preset}, seed {cfg.seed}, {resolution} px: "
+             + records.sampler_text(model.sampler_settings(**row.settings)))
     grid = results.save_sample_grid(images, reference.labels, reference.class_names,
-                                    row.keys.run_dir / f"samples-{row.keys.evaluation_key}.png", per_class=ev.grid_per_class)
+                                    row.keys.run_dir / f"samples-{row.keys.evaluation_key}.png", per_class=ev.grid_per_class,
+                                    title=title)
     shared_grid = Path(cfg.paths.results) / "grids" / row.keys.record.with_suffix(".png").name
     shared_grid.parent.mkdir(parents=True, exist_ok=True)
     shared_grid.write_bytes(grid.read_bytes())

@@ -49,7 +49,7 @@ def _rows_by_class(images: torch.Tensor, labels: torch.Tensor, per_class: int) -
 
 
 def save_sample_grid(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-                     path: str | Path, per_class: int = 8) -> Path:
+                     path: str | Path, per_class: int = 8, title: str | None = None) -> Path:
     """Save samples as a PNG grid: one row per class (label order), class names on the left.
 
     ``images`` are (B, 3, H, W) in [-1, 1]; rows with fewer than ``per_class`` samples are
@@ -67,14 +67,18 @@ def save_sample_grid(images: torch.Tensor, labels: torch.Tensor, class_names: li
     grid_img = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
 
     names = [_class_name(class_names, c) for c in classes]
-    margin = label_margin(names)
-    canvas = Image.new("RGB", (grid_img.width + margin, grid_img.height), "white")
-    canvas.paste(grid_img, (margin, 0))
-    draw, font = ImageDraw.Draw(canvas), _label_font()
+    margin, font = label_margin(names), _label_font()
+    top = LABEL_FONT_PX + 10 if title else 0
+    width = max(grid_img.width + margin, int(font.getlength(title)) + 12 if title else 0)
+    canvas = Image.new("RGB", (width, grid_img.height + top), "white")
+    canvas.paste(grid_img, (margin, top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((6, 4), title, fill="black", font=font)
     row_h = images.shape[-2] + GRID_PADDING
     text_top, text_bottom = font.getbbox("Ag")[1::2]
     for i, name in enumerate(names):
-        centre = GRID_PADDING + i * row_h + (row_h - GRID_PADDING) // 2
+        centre = top + GRID_PADDING + i * row_h + (row_h - GRID_PADDING) // 2
         draw.text((6, centre - (text_top + text_bottom) // 2), name, fill="black", font=font)
     return atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
