@@ -31,7 +31,11 @@ def blocks(results_dir: Path) -> dict[str, str]:
     df = records_to_frame(records)
     out = {"provenance": provenance_line(records)}
     if len(df):
-        out["headline"] = markdown_table(headline(df))
+        table = headline(df)
+        main = table[table.method.str.endswith("★") & table.setting.str.endswith(
+            tuple(f"{int(r)} px" for r in df.groupby("method")["resolution"].min().unique()))]
+        out["headline"] = markdown_table(main)       # each method's configured row at its training resolution
+        out["sweeps"] = markdown_table(table)        # every setting evaluated
         tok = tokenizer_table(records)[["tokenizer", "resolution", "recon_fd", "recon_hue_w1", "recon_psnr",
                                         "recon_class_accuracy", "codebook_usage_pct", "used_by"]]
         out["tokenizers"] = markdown_table(tok)
@@ -39,8 +43,10 @@ def blocks(results_dir: Path) -> dict[str, str]:
                             "position_w1", "domain_fd", "domain_recall", "ref_untrained_class_consistency",
                             "ref_untrained_hue_w1") if c in df.columns]
         out["runs"] = markdown_table(df[df["note"].isna()][cols] if "note" in df else df[cols])
-        out["timings"] = markdown_table(df[[c for c in ("method", "seed", "tokenizer_s", "train_s", "sample_s",
-                                                        "train_images") if c in df.columns]])
+        firsts = df[df["configured"].fillna(True).astype(bool)] if "configured" in df.columns else df
+        firsts = firsts[firsts["resolution"] == firsts["method"].map(df.groupby("method")["resolution"].min())]
+        out["timings"] = markdown_table(firsts.drop_duplicates(["method", "seed"])[[
+            c for c in ("method", "seed", "tokenizer_s", "train_s", "sample_s", "train_images") if c in df.columns]])
     validation = results_dir / "evaluator_validation.md"
     if validation.exists():
         text = validation.read_text()
