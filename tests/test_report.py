@@ -43,10 +43,12 @@ def test_report_holds_the_tables_figures_and_published_numbers(tmp_path):
 
 
 def test_papers_table_shows_this_suites_fid_where_a_record_has_one():
-    frame = pd.DataFrame([{"method": "VAR", "resolution": 256, "frechet_inception_distance": 3.71}])
+    frame = pd.DataFrame([{"method": "VAR", "resolution": 256, "frechet_inception_distance": 3.71, "device": "H200"}])
     table = papers_table(__import__("pathlib").Path("results/paper_results.csv"), frame)
     var = table[(table.method == "VAR") & (table.resolution == 256)]
     assert (var["FID here"] == 3.71).all() and (table[table.method == "FlowAR"]["FID here"] == "not measured here").all()
+    assert (var["hardware here"] == "H200").all()
+    assert [round(d, 2) for d in var["difference"]] == [round(3.71 - f, 2) for f in var["fid"]]
 
 
 def test_report_cli_refuses_a_missing_folder(tmp_path, capsys):

@@ -246,3 +246,21 @@ def test_readme_blocks_are_rewritten_from_records_only(records_root, tmp_path):
     assert update_readme(readme, records_root.parent) == ["headline"]   # no validation table there: left alone
     text = readme.read_text()
     assert "stale" not in text and "| flowar ★ |" in text and "kept" in text and text.endswith("outro\n")
+
+
+def test_headline_and_plots_with_a_not_supported_row_and_missing_metrics(records_root, tmp_path):
+    """Mixed settings: a sweep row, a 'not supported by design' row (no metrics) and a record
+    without hue_w1; the headline leaves the unsupported row out, the plots name it."""
+    from benchmark.results.tables import headline
+    sweep = make_record("flowar", 0, 0.45, 13.0)
+    sweep.update(config_hash="flow-cfg1", configured=False, sampler="cfg=1")
+    note = make_record("var", 0, 0.0, 0.0)
+    note.update(config_hash="var-64", resolution=64, metrics={}, note="not supported by design: fixed scales")
+    for name, record in (("sweep", sweep), ("note", note)):
+        results.write_record(records_root / f"{name}.json", record)
+    df = results.rebuild_leaderboard(records_root, tmp_path)
+    table = headline(df)
+    assert "flowar" in set(table.method) and len(table) == 3 and table.iloc[0].method == "flowar ★"
+    assert (table["hue W1 ↓"] == "").all()            # no record has it: an empty cell, not an error
+    paths = results.plot_leaderboard(df, tmp_path / "plots")
+    assert "extrapolation.png" in [p.name for p in paths]

@@ -42,11 +42,14 @@ def papers_table(paper_csv: Path, frame: pd.DataFrame) -> pd.DataFrame:
     fid = "frechet_inception_distance"   # torch-fidelity's key, as `evaluate` records it
     if len(frame) and fid in frame.columns:
         for _, row in frame.dropna(subset=[fid]).iterrows():
-            ours[(str(row["method"]).lower(), int(row["resolution"]))] = round(float(row[fid]), 2)
-    papers["FID here"] = [ours.get((str(m).lower(), int(r)), "not measured here")
-                          for m, r in zip(papers["method"], papers["resolution"])]
-    return papers[[c for c in ("method", "model", "resolution", "cfg", "fid", "is", "FID here", "source", "notes")
-                   if c in papers.columns]]
+            ours[(str(row["method"]).lower(), int(row["resolution"]))] = (round(float(row[fid]), 2),
+                                                                          row.get("device") or "")
+    found = [ours.get((str(m).lower(), int(r))) for m, r in zip(papers["method"], papers["resolution"])]
+    papers["FID here"] = [f[0] if f else "not measured here" for f in found]
+    papers["difference"] = [round(f[0] - p, 2) if f and pd.notna(p) else "" for f, p in zip(found, papers["fid"])]
+    papers["hardware here"] = [f[1] if f else "" for f in found]
+    return papers[[c for c in ("method", "model", "resolution", "cfg", "fid", "is", "FID here", "difference",
+                               "hardware here", "source", "notes") if c in papers.columns]]
 
 
 def build_report(results_dir: str | Path, out: str | Path, paper_csv: str | Path | None = None,
