@@ -49,7 +49,7 @@ def papers_table(paper_csv: Path, frame: pd.DataFrame) -> pd.DataFrame:
     papers["difference"] = [round(f[0] - p, 2) if f and pd.notna(p) else "" for f, p in zip(found, papers["fid"])]
     papers["hardware here"] = [f[1] if f else "" for f in found]
     return papers[[c for c in ("method", "model", "resolution", "cfg", "fid", "is", "FID here", "difference",
-                               "hardware here", "source", "notes") if c in papers.columns]]
+                               "hardware here", "evaluator", "source", "notes") if c in papers.columns]]
 
 
 def build_report(results_dir: str | Path, out: str | Path, paper_csv: str | Path | None = None,
