@@ -22,10 +22,11 @@ def _save_figure(fig: Figure, path: str | Path, svg: bool = False) -> Path:
 
 
 def _bar_labels(df: pd.DataFrame) -> pd.Series:
-    """Method names, with the config hash added where a method has several configs."""
+    """Method names, with the setting in words added where a method has several configs."""
+    from benchmark.results.tables import setting_in_words
     n_configs = df.groupby("method", dropna=False)["config_hash"].transform("nunique")
-    return df["method"].astype(str).where(n_configs <= 1,
-                                          df["method"].astype(str) + "\n" + df["config_hash"].astype(str))
+    words = df.apply(lambda r: setting_in_words(r).replace(", ", "\n"), axis=1) if len(df) else df["method"]
+    return df["method"].astype(str).where(n_configs <= 1, df["method"].astype(str) + "\n" + words)
 
 
 def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
@@ -34,13 +35,13 @@ def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     data = df.assign(label=_bar_labels(df),
                      setting=df["dataset"].astype(str) + " " + df["resolution"].astype(str) + "px")
     hue = "setting" if data["setting"].nunique() > 1 else None
-    order = sorted(data["label"].unique())
     paths = []
     for metric in MAIN_METRICS:
         if metric not in data or data[metric].notna().sum() == 0:
             continue
+        order = sorted(data.loc[data[metric].notna(), "label"].unique())   # rows without the metric: no empty bar
         with sns.axes_style("whitegrid"):
-            fig = Figure(figsize=(max(4.0, 1.2 * len(order) + 1.5), 3.5))
+            fig = Figure(figsize=(max(4.0, 1.7 * len(order) + 1.5), 3.8))
             ax = fig.subplots()
             sns.barplot(data=data, x="label", y=metric, hue=hue, order=order, errorbar="sd",
                         capsize=0.15, ax=ax)
@@ -49,6 +50,7 @@ def plot_leaderboard(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         if hue:
             sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), frameon=False)
         ax.set(xlabel="", title=f"{metric} ({METRIC_DIRECTION[metric]})")
+        ax.tick_params(axis="x", labelsize=7)
         paths.append(_save_figure(fig, Path(out_dir) / f"{metric}.png"))
     return (paths + plot_quality_speed(df, out_dir) + plot_quality_cost(df, out_dir) + plot_loss_curves(df, out_dir)
             + plot_extrapolation(df, out_dir) + plot_quality_compute(df, out_dir))
@@ -240,15 +242,21 @@ def plot_quality_speed(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         rows = rows.assign(setting=rows["dataset"].astype(str) + " " + rows["resolution"].astype(str) + "px",
                            label=_setting_labels(rows))
         with sns.axes_style("whitegrid"):
-            fig = Figure(figsize=(11, 4))
+            fig = Figure(figsize=(13, 4.5))
             axes = fig.subplots(1, 2)
         for ax, metric in zip(axes, ["domain_fd", "class_consistency"]):
             hue = "setting" if rows["setting"].nunique() > 1 else None
             sns.scatterplot(data=rows, x="throughput_img_s", y=metric, hue=hue, s=40, ax=ax)
-            for x, y, text in zip(rows["throughput_img_s"], rows[metric], rows["label"]):
-                ax.annotate(text, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            ax.set(xscale="log", xlabel="images/s (evaluation batch)", title=f"{method}: {metric} ({METRIC_DIRECTION[metric]})")
-            ax.margins(x=0.3, y=0.1)   # room for the labels
+            # labels alternate above and below in order of y, so that neighbours do not overprint
+            order = np.argsort(rows[metric].to_numpy()).argsort()
+            for x, y, text, k in zip(rows["throughput_img_s"], rows[metric], rows["label"], order):
+                ax.annotate(text, (x, y), fontsize=7, xytext=(4, 4 if k % 2 else -10), textcoords="offset points")
+            ax.set(xscale="log", xlabel="images/s (evaluation batch, log)",
+                   title=f"{method}: {metric} ({METRIC_DIRECTION[metric]})")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.margins(x=0.3, y=0.12)   # room for the labels
+        fig.subplots_adjust(wspace=0.3)
         paths.append(_save_figure(fig, Path(out_dir) / f"quality_speed_{method}.png"))
     return paths
 
