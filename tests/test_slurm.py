@@ -3,10 +3,9 @@ on localhost), through the suite's own CLI: a sweep submitted as job arrays, and
 job preempted with Slurm's warning signal that requeues, resumes and ends where an
 uninterrupted run ends.
 
-Skipped only where Slurm cannot be installed (not root, or no apt-get); set
-SCALEWISE_NO_SLURM_INSTALL=1 to never install it from here."""
+Skipped where no Slurm is running: the tests install and start nothing (.ci/run does, with
+jobs/slurm/one_node.sh)."""
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -31,22 +30,11 @@ def slurm_up() -> bool:
 
 @pytest.fixture(scope="module")
 def slurm():
-    """A running one-node Slurm: the one already up (CI starts it), or one started here (and
-    stopped afterwards); installed first where that is possible."""
-    if slurm_up():
-        yield
-        return
-    can_install = os.geteuid() == 0 and shutil.which("apt-get") and not os.environ.get("SCALEWISE_NO_SLURM_INSTALL")
-    if not shutil.which("slurmctld") and not can_install:
-        pytest.skip("no Slurm here and it cannot be installed (needs root and apt-get); "
-                    "run `sudo bash jobs/slurm/one_node.sh` to enable these tests")
-    script = ROOT / "jobs" / "slurm" / "one_node.sh"
-    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
-    if out.returncode != 0 and not shutil.which("slurmctld"):
-        pytest.skip(f"Slurm could not be installed here: {out.stderr.strip()[-300:]}")
-    assert out.returncode == 0 and slurm_up(), f"Slurm is installed but did not start:\n{out.stdout}\n{out.stderr}"
+    """A running one-node Slurm (.ci/run starts one); the tests install and start nothing."""
+    if not slurm_up():
+        pytest.skip("no running Slurm here; start the one-node cluster with `sudo bash jobs/slurm/one_node.sh` "
+                    "(.ci/run does) to run these tests")
     yield
-    subprocess.run(["bash", str(script), "stop"], check=False)
 
 
 def release_requeued(job_id: str, timeout: float = 120) -> None:
