@@ -15,14 +15,14 @@ from benchmark.io import write_text
 from benchmark.results.tables import headline, markdown_table, read_records, records_to_frame, tokenizer_table
 
 
-def provenance_line(records: list[dict]) -> str:
-    """Which commit(s), machine and dates produced ``records``."""
+def provenance_line(records: list[dict], where: str = "results/reference/records/") -> str:
+    """Which commit(s), machine and dates produced ``records`` (found in ``where``)."""
     prov = [r.get("provenance") or {} for r in records]
     commits = sorted({(p.get("commit") or "?")[:10] + (" (dirty)" if p.get("dirty") else "") for p in prov})
     machines = sorted({f"{(p.get('machine') or {}).get('cpu')}, {(p.get('machine') or {}).get('cores')} cores"
                        for p in prov})
     dates = sorted(str(r.get("created", ""))[:10] for r in records)
-    return (f"From {len(records)} record(s) in `results/reference/records/`: commit {', '.join(commits)}; "
+    return (f"From {len(records)} record(s) in `{where}`: commit {', '.join(commits)}; "
             f"{'; '.join(machines)}; {dates[0]} to {dates[-1]}." if records else "No records.")
 
 

@@ -57,9 +57,10 @@ def build_report(results_dir: str | Path, out: str | Path, paper_csv: str | Path
     results_dir = Path(results_dir)
     records, skipped = read_records(results_dir / "records")
     mine = records_to_frame(records) if records else pd.DataFrame()
+    where = f"{results_dir / 'records'}/"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>scalewise-bench report</title>"
              f"<style>{STYLE}</style></head><body><h1>scalewise-bench report</h1>",
-             f"<p class='note'>{html.escape(provenance_line(records).replace('results/reference/records/', str(results_dir / 'records')))}"
+             f"<p class='note'>{html.escape(provenance_line(records, where))}"
              + (f" {len(skipped)} unreadable record(s) skipped." if skipped else "") + "</p>"]
     parts.append("<h2>Headline</h2><p class='note'>Mean ± std over seeds; ★ the configured settings. Quality on "
                  "<code>shapes</code> is read by the factor evaluator (not Inception metrics).</p>")
@@ -98,8 +99,7 @@ def write_markdown(path: Path, results_dir: Path, records: list[dict], mine: pd.
                    paper_csv) -> Path:
     """The same report as Markdown, figures linked (relative to the results folder)."""
     from benchmark.results.tables import markdown_table
-    lines = ["# scalewise-bench report", "", provenance_line(records).replace("results/reference/records/",
-                                                                              str(results_dir / "records")), "",
+    lines = ["# scalewise-bench report", "", provenance_line(records, f"{results_dir / 'records'}/"), "",
              "## Headline", "", markdown_table(headline(mine)) if len(mine) else "No records yet.", ""]
     lines += [f"![{p.stem}]({p.relative_to(results_dir)})" for p in figures if p.is_relative_to(results_dir)]
     if records:
