@@ -157,8 +157,8 @@ def cmd_run(args) -> int:
         print(f"submitted; watch: python -m benchmark status {sweep}")
         return 0
     print(f"\n{len(records)} record(s) in {time.time() - start:.0f}s" + (": " + ", ".join(records) if records else ""))
-    cols = [c for c in ("method", "seed", "sampler", "class_consistency", "hue_w1", "size_w1", "position_w1",
-                        "domain_fd", "domain_recall", "ref_class_acc_recon", "ref_hue_w1_recon",
+    cols = [c for c in ("method", "seed", "sampler", "class_consistency", "factor_hue_w1", "factor_size_w1", "factor_position_w1",
+                        "domain_fd", "domain_recall", "ref_class_acc_recon", "ref_factor_hue_w1_recon",
                         "ref_untrained_class_consistency", "throughput_img_s", "nfe", "note")
             if c in board.columns]
     if len(board):

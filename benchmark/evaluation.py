@@ -159,8 +159,8 @@ def build_reference(cfg: DictConfig, method: str, tok: Tokenizer, resolution: in
     recon_metrics = score(evaluator, recon, real_labels, real_feats, k, device)
     values = {"class_acc_real": float((domain.factors_of(real_feats)["label"] == real_labels.numpy()).mean()),
               "class_acc_recon": recon_metrics[domain.KEY_CLASS_CONSISTENCY],
-              "domain_fd_recon": recon_metrics[domain.KEY_FD], "hue_w1_recon": recon_metrics["hue_w1"],
-              "recon_psnr": psnr(recon, real)}
+              "domain_fd_recon": recon_metrics[domain.KEY_FD], "recon_psnr": psnr(recon, real),
+              **{f"{m}_recon": recon_metrics[m] for m in domain.FACTOR_KEYS}}
     labels = balanced_labels(k, ev.samples_per_class)
     protocol = domain.protocol(evaluator, len(labels), len(real))
     if ev.floor:
@@ -168,7 +168,7 @@ def build_reference(cfg: DictConfig, method: str, tok: Tokenizer, resolution: in
         untrained = build_method(cfg, method, tok).to(device)
         images = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained", **settings)
         floor = score(evaluator, images, labels, real_feats, k, device)
-        values.update({f"untrained_{m}": floor[m] for m in (domain.KEY_CLASS_CONSISTENCY, domain.KEY_FD, "hue_w1")})
+        values.update({f"untrained_{m}": floor[m] for m in (domain.KEY_CLASS_CONSISTENCY, domain.KEY_FD, "factor_hue_w1")})
         protocol["floor_sampler"] = untrained.sampler_settings(**settings)
     cells = {"real": results.grid_cells(real, real_labels)["cells"], "recon": results.grid_cells(recon, real_labels)["cells"]}
     return Reference(evaluator, real_feats, labels, list(train_set.class_names), values, protocol, cells)

@@ -57,7 +57,7 @@ def test_fd_is_zero_on_itself_and_grows_with_noise(weights, images):
     assert 1.0 <= same[domain.KEY_IS] <= 4.0   # exp(E KL) is at most the number of classes
     predicted = fac.predict(fac.load(weights), x.float() / 127.5 - 1)["label"]
     assert same[domain.KEY_CLASS_CONSISTENCY] == pytest.approx((predicted == labels).float().mean().item())
-    assert same["hue_w1"] == 0 and same["class_tv"] == 0 and same["hue_coverage"] == 1
+    assert same["factor_hue_w1"] == 0 and same["factor_class_tv"] == 0 and same["factor_hue_coverage"] == 1
     worse = [domain.domain_metrics(domain.extract_features(noisy(x, s), weights), reference) for s in (8, 30, 90)]
     fds = [m[domain.KEY_FD] for m in worse]
     assert 1e-4 < fds[0] < fds[1] < fds[2]

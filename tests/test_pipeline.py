@@ -25,10 +25,10 @@ def test_run_writes_record_leaderboard_grid_and_config(smoke_run):
     for record in records:
         assert record["preset"] == "smoke"
         for key in ("class_consistency", "domain_fd", "domain_kid", "domain_precision", "domain_recall",
-                    "domain_is", "hue_w1", "size_w1", "position_w1", "class_tv", "hue_coverage", "size_coverage",
-                    "position_coverage", "throughput_img_s", "params_m"):
+                    "domain_is", "factor_hue_w1", "factor_size_w1", "factor_position_w1", "factor_class_tv", "factor_hue_coverage", "factor_size_coverage",
+                    "factor_position_coverage", "throughput_img_s", "params_m"):
             assert key in record["metrics"]
-        assert 0 <= record["metrics"]["hue_w1"] <= 0.5 and 0 <= record["metrics"]["hue_coverage"] <= 1
+        assert 0 <= record["metrics"]["factor_hue_w1"] <= 0.5 and 0 <= record["metrics"]["factor_hue_coverage"] <= 1
         prov = record["provenance"]
         assert len(prov["commit"]) == 40 and isinstance(prov["dirty"], bool)
         assert prov["command"].startswith("python -m benchmark run --methods flowar var")

@@ -21,7 +21,7 @@ def fake_results(root):
             results.write_record(root / "records" / f"tiny_{method}_h_seed{seed}.json", {
                 "method": method, "config_hash": f"{method}-h", "seed": seed, "preset": "tiny", "dataset": "shapes",
                 "resolution": 32, "scales": "1-2-4-8", "sampler": "cfg=2", "configured": True,
-                "metrics": {"class_consistency": cc + 0.01 * seed, "hue_w1": 0.02, "domain_fd": 3.0,
+                "metrics": {"class_consistency": cc + 0.01 * seed, "factor_hue_w1": 0.02, "domain_fd": 3.0,
                             "domain_recall": 0.8, "throughput_img_s": 40.0 + seed, "nfe": 12},
                 "compute": {"images_seen": 76800}, "created": "2026-12-01T00:00:00",
                 "provenance": {"commit": "a" * 40, "dirty": False, "machine": {"cpu": "test cpu", "cores": 2}}})

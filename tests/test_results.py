@@ -104,7 +104,8 @@ def test_tokenizer_table_one_row_per_tokenizer_and_resolution(tmp_path):
     def with_tokenizer(method, name, resolution, fd, created):
         record = make_record(method, 0, 0.5, 10.0, created)
         record.update(resolution=resolution, tokenizer={"name": name, "kind": "continuous", "key": f"{name}-abc"},
-                      reference={"domain_fd_recon": fd, "hue_w1_recon": 0.01, "recon_psnr": 25.0, "class_acc_recon": 0.9,
+                      reference={"domain_fd_recon": fd, "factor_hue_w1_recon": 0.01, "factor_size_w1_recon": 0.02,
+                                 "factor_position_w1_recon": 0.03, "factor_hue_coverage_recon": 1.0, "recon_psnr": 25.0, "class_acc_recon": 0.9,
                                  "class_acc_real": 0.99},
                       protocol={"num_reference": 1000})
         return record
@@ -121,7 +122,7 @@ def test_tokenizer_table_one_row_per_tokenizer_and_resolution(tmp_path):
     for name, record in enumerate(records):
         results.write_record(tmp_path / "records" / f"{name}.json", record)
     results.rebuild_leaderboard(tmp_path / "records", tmp_path)
-    assert "| kl | continuous | tiny | shapes | 32 | 0.2 | 0.01 | 25 |" in (tmp_path / "tokenizers.md").read_text()
+    assert "| kl | continuous | tiny | shapes | 32 | 0.2 | 0.01 | 0.02 | 0.03 | 1 | 25 |" in (tmp_path / "tokenizers.md").read_text()
 
 
 def test_summary_mean_and_std(records_root, tmp_path):
@@ -250,7 +251,7 @@ def test_readme_blocks_are_rewritten_from_records_only(records_root, tmp_path):
 
 def test_headline_and_plots_with_a_not_supported_row_and_missing_metrics(records_root, tmp_path):
     """Mixed settings: a sweep row, a 'not supported by design' row (no metrics) and a record
-    without hue_w1; the headline leaves the unsupported row out, the plots name it."""
+    without factor_hue_w1; the headline leaves the unsupported row out, the plots name it."""
     from benchmark.results.tables import headline
     sweep = make_record("flowar", 0, 0.45, 13.0)
     sweep.update(config_hash="flow-cfg1", configured=False, sampler="cfg=1")

@@ -39,8 +39,8 @@ def test_the_two_hue_failure_of_the_old_evaluator_is_now_seen(verdict):
     table, _ = verdict
     two = table.set_index("set").loc["two hues"]
     real = table[table.set.str.startswith("real ")]
-    assert two.hue_w1 > 0.1 > 5 * real.hue_w1.max()
-    assert two.hue_coverage <= 3 / 12 and real.hue_coverage.min() == 1.0
+    assert two.factor_hue_w1 > 0.1 > 5 * real.factor_hue_w1.max()
+    assert two.factor_hue_coverage <= 3 / 12 and real.factor_hue_coverage.min() == 1.0
 
 
 def test_cli_writes_the_table_and_refuses_bad_input(tmp_path, capsys):

@@ -17,13 +17,13 @@ features encode class, colour, size and position). Its outputs:
 Per factor, the predicted factors of the samples against those of the real reference images
 (the same network reads both, so its small reading errors cancel):
 
-* ``hue_w1``      Wasserstein-1 of the hue distributions on the hue circle (turns; 0..0.5)
-* ``size_w1``     Wasserstein-1 of the size (radius / half-width)
-* ``position_w1`` mean Wasserstein-1 of the centre's x and y (half-widths)
-* ``class_tv``    total variation between the predicted class distributions (0..1)
+* ``factor_hue_w1``      Wasserstein-1 of the hue distributions on the hue circle (turns; 0..0.5)
+* ``factor_size_w1``     Wasserstein-1 of the size (radius / half-width)
+* ``factor_position_w1`` mean Wasserstein-1 of the centre's x and y (half-widths)
+* ``factor_class_tv``    total variation between the predicted class distributions (0..1)
 * ``class_consistency`` share of samples read as the class they were generated for
 * ``roughness_w1`` Wasserstein-1 of the per-image roughness (grain, noise)
-* ``hue_coverage``, ``size_coverage``, ``position_coverage`` share of the real factor range the
+* ``factor_hue_coverage``, ``factor_size_coverage``, ``factor_position_coverage`` share of the real factor range the
   samples reach: of the bins (hue: 12 on the circle; size: 8; position: 4 x 4, over the real
   range) that hold real images, those where the samples put at least a quarter of the real share.
 
@@ -49,12 +49,12 @@ FEATURES, LOGITS, FACTORS, ROUGHNESS = "shapes-features", "shapes-logits", "shap
 KEY_CLASS_CONSISTENCY = "class_consistency"
 KEY_FD, KEY_KID, KEY_PRECISION, KEY_RECALL, KEY_IS = ("domain_fd", "domain_kid", "domain_precision", "domain_recall",
                                                       "domain_is")
-FACTOR_KEYS = ("hue_w1", "size_w1", "position_w1", "class_tv", "hue_coverage", "size_coverage", "position_coverage",
+FACTOR_KEYS = ("factor_hue_w1", "factor_size_w1", "factor_position_w1", "factor_class_tv", "factor_hue_coverage", "factor_size_coverage", "factor_position_coverage",
                "roughness_w1")
 # Which way is better, for every metric a record holds (tables and validation read this).
 HIGHER_IS_BETTER = {KEY_CLASS_CONSISTENCY: True, KEY_FD: False, KEY_KID: False, KEY_PRECISION: True, KEY_RECALL: True,
-                    KEY_IS: True, "hue_w1": False, "size_w1": False, "position_w1": False, "class_tv": False,
-                    "hue_coverage": True, "size_coverage": True, "position_coverage": True, "roughness_w1": False}
+                    KEY_IS: True, "factor_hue_w1": False, "factor_size_w1": False, "factor_position_w1": False, "factor_class_tv": False,
+                    "factor_hue_coverage": True, "factor_size_coverage": True, "factor_position_coverage": True, "roughness_w1": False}
 METRICS = tuple(HIGHER_IS_BETTER)
 
 # torch-fidelity's defaults, fixed here so that the record can name them.
@@ -167,17 +167,17 @@ def _bin(values: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
 
 def factor_metrics(samples: dict[str, np.ndarray], real: dict[str, np.ndarray], num_classes: int) -> dict[str, float]:
     """The per-factor distances and coverages of predicted sample factors against real ones."""
-    out = {"hue_w1": circular_w1(samples["hue"], real["hue"]), "size_w1": w1(samples["size"], real["size"]),
-           "position_w1": 0.5 * (w1(samples["x"], real["x"]) + w1(samples["y"], real["y"])),
-           "class_tv": total_variation(samples["label"], real["label"], max(num_classes, int(real["label"].max()) + 1))}
+    out = {"factor_hue_w1": circular_w1(samples["hue"], real["hue"]), "factor_size_w1": w1(samples["size"], real["size"]),
+           "factor_position_w1": 0.5 * (w1(samples["x"], real["x"]) + w1(samples["y"], real["y"])),
+           "factor_class_tv": total_variation(samples["label"], real["label"], max(num_classes, int(real["label"].max()) + 1))}
     hue = lambda f: _bin(np.mod(f["hue"], 1), 0, 1, HUE_BINS)
-    out["hue_coverage"] = coverage(hue(samples), hue(real), HUE_BINS)
+    out["factor_hue_coverage"] = coverage(hue(samples), hue(real), HUE_BINS)
     lo, hi = real["size"].min(), real["size"].max()
-    out["size_coverage"] = coverage(_bin(samples["size"], lo, hi, SIZE_BINS), _bin(real["size"], lo, hi, SIZE_BINS),
+    out["factor_size_coverage"] = coverage(_bin(samples["size"], lo, hi, SIZE_BINS), _bin(real["size"], lo, hi, SIZE_BINS),
                                     SIZE_BINS)
     cell = lambda f: (_bin(f["x"], real["x"].min(), real["x"].max(), POSITION_BINS) * POSITION_BINS
                       + _bin(f["y"], real["y"].min(), real["y"].max(), POSITION_BINS))
-    out["position_coverage"] = coverage(cell(samples), cell(real), POSITION_BINS ** 2)
+    out["factor_position_coverage"] = coverage(cell(samples), cell(real), POSITION_BINS ** 2)
     return out
 
 

@@ -28,9 +28,9 @@ MARGIN = 5.0
 SPREAD_FLOOR = 1e-3
 # breakage -> {metric: the direction it must move (+1 up, -1 down)}
 CATCHES = {
-    "two hues": {"hue_w1": +1, "hue_coverage": -1},
-    "one size": {"size_w1": +1, "size_coverage": -1},
-    "always centred": {"position_w1": +1, "position_coverage": -1},
+    "two hues": {"factor_hue_w1": +1, "factor_hue_coverage": -1},
+    "one size": {"factor_size_w1": +1, "factor_size_coverage": -1},
+    "always centred": {"factor_position_w1": +1, "factor_position_coverage": -1},
     "labels shuffled": {"class_consistency": -1},
     "blurred": {"domain_fd": +1, "domain_kid": +1},
     "noisy": {"roughness_w1": +1},
@@ -38,12 +38,12 @@ CATCHES = {
 }
 # breakage -> metrics that must stay within MARGIN spreads of the real-vs-real mean
 KEEPS = {
-    "two hues": ("class_consistency", "size_w1", "position_w1"),
-    "one size": ("hue_w1", "class_consistency"),
-    "always centred": ("hue_w1", "size_w1", "class_consistency"),
-    "labels shuffled": ("hue_w1", "size_w1", "position_w1", "class_tv", "domain_fd", "domain_recall"),
-    "blurred": ("class_consistency", "hue_w1"),
-    "noisy": ("class_consistency", "hue_w1", "size_w1", "position_w1"),
+    "two hues": ("class_consistency", "factor_size_w1", "factor_position_w1"),
+    "one size": ("factor_hue_w1", "class_consistency"),
+    "always centred": ("factor_hue_w1", "factor_size_w1", "class_consistency"),
+    "labels shuffled": ("factor_hue_w1", "factor_size_w1", "factor_position_w1", "factor_class_tv", "domain_fd", "domain_recall"),
+    "blurred": ("class_consistency", "factor_hue_w1"),
+    "noisy": ("class_consistency", "factor_hue_w1", "factor_size_w1", "factor_position_w1"),
     "16 images repeated": (),
 }
 

@@ -118,7 +118,7 @@ def plot_extrapolation(df: pd.DataFrame, out_dir: str | Path, metric: str = "cla
 
 
 def plot_quality_compute(df: pd.DataFrame, out_dir: str | Path,
-                         metrics: Sequence[str] = ("class_consistency", "hue_w1")) -> list[Path]:
+                         metrics: Sequence[str] = ("class_consistency", "factor_hue_w1")) -> list[Path]:
     """Quality of the configured rows against training compute (images seen = steps x batch),
     every method on one figure, error bars over seeds."""
     metrics = [m for m in metrics if m in df.columns]
@@ -157,7 +157,7 @@ def plot_quality_cost(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Every method on one figure: quality (class consistency, hue W1, domain FD) against images/s,
     one point per method x setting (error bars: std over seeds), the Pareto front dashed, the
     configured settings as filled markers."""
-    metrics = [m for m in ("class_consistency", "hue_w1", "domain_fd") if m in df.columns]
+    metrics = [m for m in ("class_consistency", "factor_hue_w1", "domain_fd") if m in df.columns]
     if "throughput_img_s" not in df.columns or not metrics:
         return []
     rows = df.dropna(subset=["throughput_img_s", *metrics])

@@ -36,12 +36,13 @@ def blocks(results_dir: Path) -> dict[str, str]:
             tuple(f"{int(r)} px" for r in df.groupby("method")["resolution"].min().unique()))]
         out["headline"] = markdown_table(main)       # each method's configured row at its training resolution
         out["sweeps"] = markdown_table(table)        # every setting evaluated
-        tok = tokenizer_table(records)[["tokenizer", "resolution", "recon_fd", "recon_hue_w1", "recon_psnr",
+        tok = tokenizer_table(records)[["tokenizer", "resolution", "recon_fd", "recon_factor_hue_w1",
+                                        "recon_factor_size_w1", "recon_factor_position_w1", "recon_psnr",
                                         "recon_class_accuracy", "codebook_usage_pct", "used_by"]]
         out["tokenizers"] = markdown_table(tok)
-        cols = [c for c in ("method", "seed", "sampler", "class_consistency", "hue_w1", "hue_coverage", "size_w1",
-                            "position_w1", "domain_fd", "domain_recall", "ref_untrained_class_consistency",
-                            "ref_untrained_hue_w1") if c in df.columns]
+        cols = [c for c in ("method", "seed", "sampler", "class_consistency", "factor_hue_w1", "factor_hue_coverage", "factor_size_w1",
+                            "factor_position_w1", "domain_fd", "domain_recall", "ref_untrained_class_consistency",
+                            "ref_untrained_factor_hue_w1") if c in df.columns]
         out["runs"] = markdown_table(df[df["note"].isna()][cols] if "note" in df else df[cols])
         firsts = df[df["configured"].fillna(True).astype(bool)] if "configured" in df.columns else df
         firsts = firsts[firsts["resolution"] == firsts["method"].map(df.groupby("method")["resolution"].min())]

@@ -16,13 +16,13 @@ from benchmark.io import atomic_write, write_text
 
 ID_COLUMNS = ["method", "preset", "dataset", "resolution", "scales", "sampler", "seed", "config_hash"]
 SORT_COLUMNS = ["dataset", "resolution", "method", "seed"]
-MAIN_METRICS = ["class_consistency", "hue_w1", "size_w1", "position_w1", "hue_coverage", "domain_fd", "domain_kid",
+MAIN_METRICS = ["class_consistency", "factor_hue_w1", "factor_size_w1", "factor_position_w1", "factor_hue_coverage", "domain_fd", "domain_kid",
                 "domain_precision", "domain_recall", "throughput_img_s"]
 METRIC_DIRECTION = {"class_consistency": "higher is better", "domain_fd": "lower is better",
                     "domain_is": "higher is better", "domain_kid": "lower is better",
                     "domain_precision": "higher is better", "domain_recall": "higher is better",
-                    "hue_w1": "lower is better", "size_w1": "lower is better", "position_w1": "lower is better",
-                    "hue_coverage": "higher is better", "throughput_img_s": "higher is better"}
+                    "factor_hue_w1": "lower is better", "factor_size_w1": "lower is better", "factor_position_w1": "lower is better",
+                    "factor_hue_coverage": "higher is better", "throughput_img_s": "higher is better"}
 # The sampling-cost columns (benchmark/speed.py), shown as their own table in leaderboard.md.
 COST_COLUMNS = ["throughput_img_s", "throughput_bs1_img_s", "latency_ms_per_image", "latency_bs1_ms", "nfe",
                 "gflops_per_image", "gflops_decode_per_image", "params_m", "peak_memory_mb", "device", "dtype"]
@@ -179,7 +179,7 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 # The headline: what a reader compares first (label, column, digits are set by the spread).
-HEADLINE = [("class consistency ↑", "class_consistency"), ("hue W1 ↓", "hue_w1"), ("domain FD ↓", "domain_fd"),
+HEADLINE = [("class consistency ↑", "class_consistency"), ("hue W1 ↓", "factor_hue_w1"), ("domain FD ↓", "domain_fd"),
             ("recall ↑", "domain_recall"), ("img/s", "throughput_img_s"), ("NFE", "nfe"),
             ("GFLOPs/img", "gflops_per_image"), ("train images", "train_images")]
 
@@ -240,7 +240,8 @@ def _mean_std_table(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-TOKENIZER_COLUMNS = ["tokenizer", "kind", "preset", "dataset", "resolution", "recon_fd", "recon_hue_w1", "recon_psnr",
+TOKENIZER_COLUMNS = ["tokenizer", "kind", "preset", "dataset", "resolution", "recon_fd", "recon_factor_hue_w1", "recon_factor_size_w1",
+                     "recon_factor_position_w1", "recon_factor_hue_coverage", "recon_psnr",
                      "recon_class_accuracy", "real_class_accuracy", "num_reference", "codebook_usage_pct",
                      "dead_codes", "used_by", "tokenizer_key"]
 
@@ -249,7 +250,7 @@ def tokenizer_table(records: Iterable[dict]) -> pd.DataFrame:
     """One row per tokenizer x preset x resolution, from the reference figures the evaluation
     records (the newest record wins): reconstructions of the held-out reference images scored
     like samples — ``recon_fd``, the domain rFID (evaluator FD of reconstructions vs the real
-    images), ``recon_hue_w1`` (their hue distribution against the real one), PSNR and the
+    images), ``recon_factor_*`` (their factor distributions against the real ones), PSNR and the
     evaluator's class accuracy on them. Kept apart from the generation table:
     rFID and gFID are different protocols."""
     rows = {}
@@ -261,7 +262,8 @@ def tokenizer_table(records: Iterable[dict]) -> pd.DataFrame:
         used_by = sorted({record["method"], *(rows[key]["used_by"].split(", ") if key in rows else [])})
         rows[key] = {"tokenizer": tok["name"], "kind": tok.get("kind"), "preset": record.get("preset"),
                      "dataset": record.get("dataset"), "resolution": record.get("resolution"),
-                     "recon_fd": ref["domain_fd_recon"], "recon_hue_w1": ref.get("hue_w1_recon"), "recon_psnr": ref.get("recon_psnr"),
+                     "recon_fd": ref["domain_fd_recon"], **{f"recon_{m}": ref.get(f"{m}_recon") for m in
+                        ("factor_hue_w1", "factor_size_w1", "factor_position_w1", "factor_hue_coverage")}, "recon_psnr": ref.get("recon_psnr"),
                      "recon_class_accuracy": ref.get("class_acc_recon"),
                      "real_class_accuracy": ref.get("class_acc_real"),
                      "num_reference": (record.get("protocol") or {}).get("num_reference"),
@@ -302,8 +304,9 @@ def rebuild_leaderboard(records_root: str | Path, out_dir: str | Path) -> pd.Dat
     atomic_write(out_dir / "tokenizers.csv", lambda tmp: tokenizers.to_csv(tmp, index=False))
     write_text(out_dir / "tokenizers.md", "# Tokenizers\n\nReconstructions of the held-out reference images, "
                        "scored like samples: `recon_fd` is the domain rFID (Fréchet distance in the shapes "
-                       "factor evaluator's feature space, torch-fidelity), `recon_hue_w1` the Wasserstein-1 distance "
-                       "of their hues to the real ones (turns), `recon_psnr` in dB, and the evaluator's class accuracy "
+                       "factor evaluator's feature space, torch-fidelity), `recon_factor_hue_w1`, `_size_w1` and "
+                       "`_position_w1` the Wasserstein-1 distances of their factors to the real ones (as in the "
+                       "leaderboard), `recon_factor_hue_coverage` the share of the real hue range they reach, `recon_psnr` in dB, and the evaluator's class accuracy "
                        "on the reconstructions and on the real images. A separate protocol from generation (the "
                        "leaderboard); codebook usage is measured on 512 held-out images at the training resolution."
                        "\n\n" + markdown_table(tokenizers))
