@@ -13,7 +13,7 @@ CLUSTER_DIR = Path(__file__).resolve().parent.parent / "jobs" / "clusters"
 # The official model names, as aliases of the ImageNet presets.
 PRESET_ALIASES = {"flowar_small": "imagenet256_flowar_s", "flowar_large": "imagenet256_flowar_l",
                   "flowar_huge": "imagenet256_flowar_h",
-                  **{f"var_d{d}": f"imagenet256_var_d{d}" for d in (16, 20, 24, 30)},
+                  **{f"var_d{d}": f"imagenet256_var_d{d}" for d in (16, 20, 24, 30)}, "var_d36": "imagenet512_var_d36",
                   **{f"flexvar_d{d}": f"imagenet256_flexvar_d{d}" for d in (16, 20, 24)}}
 
 

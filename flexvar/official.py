@@ -1,7 +1,7 @@
 """Conformance with the official FlexVAR code (jiaosiyu1999/FlexVAR), used by the parity tests:
 the official constructor names, checkpoint formats and call conventions.
 
-    tok = build_tokenizer(codebook_size=4096, codebook_embed_dim=32, z_channels=256)
+    tok = build_tokenizer(codebook_size=8912, codebook_embed_dim=32, z_channels=256)   # FlexVAE.pth
     var = build(vae_local=tok, depth=16, embed_dim=1024, num_heads=16, patch_nums=(1, 2, ..., 16))
     load(var, "FlexVARd16-epo179.pth"); load_tokenizer(tok, "FlexVAE.pth")
     indices = img_to_indices(tok, img, patch_nums)          # per-scale ground truth (B, pn^2)

@@ -169,10 +169,10 @@ def read_official_state(state_dict_or_path, what: str, name: str | None = None) 
     if isinstance(state_dict_or_path, (str, Path)):
         source = str(state_dict_or_path)
         obj = read_checkpoint(state_dict_or_path, what)
-        if isinstance(obj, Mapping) and isinstance(obj.get("trainer"), Mapping):
-            obj = obj["trainer"]
     else:
         source, obj = name or "the state dict", state_dict_or_path
+    if isinstance(obj, Mapping) and isinstance(obj.get("trainer"), Mapping):   # read or already in memory
+        obj = obj["trainer"]
     return source, tensor_dict(obj, source, what, nested=("var_wo_ddp", "model"))
 
 

@@ -110,26 +110,3 @@ def test_full_official_state_dict_round_trip_through_files(tmp_path):
     with pytest.raises(RuntimeError, match="does not fit the flexvq tokenizer"):
         official.load_tokenizer(official.build_tokenizer(ch=meta["vq_ch"], ch_mult=a["encoder_ch_mult"],
                                                          **{**a, "codebook_size": 128}), tmp_path / "FlexVAE.pth")
-
-
-def test_full_size_official_key_lists_convert_exactly():
-    """FlexVAE.pth (LlamaGen VQ-16, 4096 x 32 codes) and FlexVARd16 (official models built at
-    those sizes: tests/fixtures/flexvar/official_keys_d16.json) map one to one onto the
-    tokenizer and transformer of the flexvar_d16 preset."""
-    from benchmark.config import load_config, section
-    from flexvar.method import FlexVARMethod
-    from methods.base import TokenSpec
-    from methods.checkpoints import check_keys
-    from methods.tokenizers.flexvq import FlexVQTokenizer
-    keys = json.loads((FIXTURES / "official_keys_d16.json").read_text())
-    cfg = load_config("flexvar_d16")
-    with torch.device("meta"):
-        tok = FlexVQTokenizer(section(cfg, "flexvq"))
-        var = FlexVARMethod(section(cfg, "flexvar"), TokenSpec(32, 16, 1000), tok)
-    converted = FlexVQTokenizer.convert_official({k: torch.empty(s, device="meta") for k, s in keys["vq"].items()})
-    converted.update({k: v for k, v in tok.state_dict().items() if k in ("ema_hits", "train_steps")})
-    check_keys(tok.state_dict(), converted, "FlexVAE.pth key list", "flexvq")
-    state = {k: torch.zeros(s) if k.endswith("zero_k_bias") else torch.empty(s, device="meta")
-             for k, s in keys["flexvar_d16"].items()}
-    check_keys(var.network.state_dict(), official.convert(state, "FlexVARd16 key list"), "FlexVARd16 key list", "FlexVAR")
-    assert abs(sum(p.numel() for p in var.network.parameters()) / 1e6 - 310.63) < 0.01   # official: 310.63M

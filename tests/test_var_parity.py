@@ -101,26 +101,3 @@ def test_loss_is_the_cross_entropy_of_the_official_logits():
     loss = var.loss(tokens, f["labels"]).detach()
     expected = torch.nn.functional.cross_entropy(f["logits"].reshape(-1, f["logits"].shape[-1]), tokens.reshape(-1))
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
-
-
-def test_full_size_official_key_lists_convert_exactly():
-    """The names and shapes of the released vae_ch160v4096z32.pth and var_d16.pth (official
-    models built at those sizes: tests/fixtures/var/official_keys_d16.json) map one to one
-    onto the msvq tokenizer and the VAR of the var_d16 preset."""
-    from benchmark.config import load_config, section
-    from methods.base import TokenSpec
-    from methods.checkpoints import check_keys
-    from methods.tokenizers.msvq import MSVQTokenizer
-    from var_baseline.method import VARMethod
-    keys = json.loads((FIXTURES / "official_keys_d16.json").read_text())
-    cfg = load_config("var_d16")
-    with torch.device("meta"):
-        tok = MSVQTokenizer(section(cfg, "msvq"))
-        var = VARMethod(section(cfg, "var"), TokenSpec(32, 16, 1000), tok)
-    vae_sd = {k: torch.empty(s, device="meta") for k, s in keys["vqvae"].items()}
-    converted = MSVQTokenizer.convert_official(vae_sd)
-    converted["quantize.train_steps"] = tok.state_dict()["quantize.train_steps"]
-    check_keys(tok.state_dict(), converted, "vae_ch160v4096z32.pth key list", "msvq")
-    var_sd = {k: torch.zeros(s) if k.endswith("zero_k_bias") else torch.empty(s, device="meta")
-              for k, s in keys["var_d16"].items()}
-    check_keys(var.network.state_dict(), official.convert(var_sd, var, "var_d16.pth key list"), "var_d16.pth key list", "VAR")

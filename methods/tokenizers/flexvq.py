@@ -34,8 +34,10 @@ from methods.tokenizers.vq import VQConfig, VQTokenizer, restart_dead_codes
 
 @dataclass
 class FlexVQConfig(VQConfig):
-    """Defaults are the official FlexVAR tokenizer (LlamaGen ``VQ_16(codebook_size=4096,
-    codebook_embed_dim=32)``: ch 128, z 256, stride 16)."""
+    """Defaults are the official FlexVAR tokenizer's architecture (LlamaGen ``VQ_16(codebook_size,
+    codebook_embed_dim=32)``: ch 128, z 256, stride 16). The released FlexVAE.pth has 8,912 codes
+    (``build_vae_var(V=8912)`` in the official scripts): the imagenet256_flexvar_* presets set
+    ``vocab_size: 8912``."""
     code_dim: int = 32                   # official codebook_embed_dim (Cvae)
     z_channels: int = 256                # encoder output / decoder input width
     codebook_l2_norm: bool = True

@@ -50,7 +50,8 @@ def _diffusers_names(ndims: Mapping[str, int]) -> dict[str, str]:
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     keys = list(ndims)
-    placeholders = {k: torch.full((1,) * ndims[k], float(i), dtype=torch.float64) for i, k in enumerate(keys)}
+    placeholders = {k: torch.full((1,) * ndims[k], float(i), dtype=torch.float64, device="cpu")   # even under a meta default
+                    for i, k in enumerate(keys)}
     n_down = 1 + max((int(m.group(1)) for k in keys if (m := re.match(r"encoder\.down\.(\d+)\.", k))), default=-1)
     n_up = 1 + max((int(m.group(1)) for k in keys if (m := re.match(r"decoder\.up\.(\d+)\.", k))), default=-1)
     try:
