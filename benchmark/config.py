@@ -57,15 +57,30 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_steps: int = 100
-    schedule: str = "cosine"       # after warm-up, lr to min_lr: cosine (MAR/FlowAR) | linear (VAR's lin0)
+    # After warm-up, lr to min_lr: cosine (MAR/FlowAR: linear warm-up from 0, half-cosine) |
+    # linear | lin0 (VAR/FlexVAR's lr_wd_annealing: warm-up from 0.005 x lr, a plateau over 5% of
+    # the post-warm-up steps, then linear to min_lr at the last step).
+    schedule: str = "cosine"
     weight_decay: float = 0.02
+    # < 0: constant weight decay. Else annealed from weight_decay to this over the whole run on a
+    # half-cosine, as VAR's --twde (VAR-d30, d36-s: 0.05 -> 0.08).
+    weight_decay_end: float = -1.0
+    # Parameters without weight decay: 1-D ones and biases always; and any whose name contains one
+    # of these (VAR/FlexVAR's nowd_keys, e.g. pos_1LC, pos_start, lvl_embed, scale_mul).
+    no_weight_decay: List[str] = field(default_factory=list)
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 3.0
     ema_rate: float = 0.999
+    # Warm the EMA up (rate min(ema_rate, (1 + step) / (10 + step))) so short runs forget the
+    # initialisation; false: ema_rate from the first step, as FlowAR's official trainer.
+    ema_warmup: bool = True
     checkpoint_every: int = 500
     log_every: int = 25
-    autocast: str = "auto"         # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    # Training precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 (autocast with VAR's
+    # GradScaler: initial scale 2^11, growth every 1000 steps, capped at 2^15) | off (fp32).
+    autocast: str = "auto"
+    tf32: bool = True              # CUDA matmuls and convolutions in TF32 (all three official trainers)
 
     def check(self, key: str) -> None:
         for name in ("steps", "batch_size", "lr", "checkpoint_every", "log_every"):
@@ -73,8 +88,11 @@ class TrainConfig:
         check_positive(f"{key}.warmup_steps", self.warmup_steps, allow_zero=True)
         check_positive(f"{key}.grad_clip", self.grad_clip, allow_zero=True)
         check_range(f"{key}.ema_rate", self.ema_rate, 0.0, 1.0)
-        check_choice(f"{key}.autocast", self.autocast, ["auto", "bf16", "off"])
-        check_choice(f"{key}.schedule", self.schedule, ["cosine", "linear"])
+        check_choice(f"{key}.autocast", self.autocast, ["auto", "bf16", "fp16", "off"])
+        check_choice(f"{key}.schedule", self.schedule, ["cosine", "linear", "lin0"])
+        if self.schedule == "lin0" and self.steps <= self.warmup_steps + 1:
+            raise ConfigError(f"{key}.schedule=lin0 needs {key}.steps > {key}.warmup_steps + 1; got steps={self.steps}, "
+                              f"warmup_steps={self.warmup_steps}")
 
 
 @dataclass
@@ -86,6 +104,9 @@ class EvalConfig:
     floor: bool = True             # also evaluate the untrained model (the floor)
     weights: str = "ema"           # ema | model (the raw weights)
     grid_per_class: int = 8        # images per class row in the sample grid
+    # Sampling precision on CUDA: off (fp32) | fp16 | bf16 autocast (the official VAR, FlexVAR and
+    # FlowAR samplers run under fp16 autocast). CPU always samples in fp32.
+    autocast: str = "off"
     # Extrapolation: generate and score at another resolution (0: the training one) or over
     # another scale list ([]: the method's own). Only methods with any-scale inference accept
     # them (FlexVAR); the others refuse by design.
@@ -101,6 +122,7 @@ class EvalConfig:
                      "grid_per_class"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_choice(f"{key}.weights", self.weights, ["ema", "model"])
+        check_choice(f"{key}.autocast", self.autocast, ["off", "fp16", "bf16"])
         if self.resolution:
             check_choice(f"{key}.resolution", self.resolution, [16, 32, 48, 64, 96, 128, 256, 384, 512, 1024])
         check_scale_list(f"{key}.patch_nums", self.patch_nums, allow_empty=True)

@@ -166,7 +166,8 @@ def build_reference(cfg: DictConfig, method: str, tok: Tokenizer, resolution: in
     if ev.floor:
         torch.manual_seed(cfg.seed)
         untrained = build_method(cfg, method, tok).to(device)
-        images = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained", **settings)
+        images = generate_images(untrained, tok, labels, cfg.seed, ev.batch_size, device, "sample untrained",
+                                 ev.autocast, **settings)
         floor = score(evaluator, images, labels, real_feats, k, device)
         values.update({f"untrained_{m}": floor[m] for m in (domain.KEY_CLASS_CONSISTENCY, domain.KEY_FD, "factor_hue_w1")})
         protocol["floor_sampler"] = untrained.sampler_settings(**settings)
@@ -182,7 +183,7 @@ def evaluate_row(row: Row, model: Method, tok: Tokenizer, reference: Reference, 
     cfg, ev = row.cfg, section(row.cfg, "eval")
     start = time.time()
     images = generate_images(model, tok, reference.labels, cfg.seed, ev.batch_size, device,
-                             f"sample {row.keys.method}", **row.settings)
+                             f"sample {row.keys.method}", ev.autocast, **row.settings)
     sample_s = time.time() - start
     if not distributed.is_main():   # every rank has every image; rank 0 scores and writes
         return row.keys.record

@@ -23,16 +23,20 @@ def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_batch(model: Method, tok: Tokenizer, labels: torch.Tensor, indices, seed: int, device: torch.device,
-                   **settings) -> torch.Tensor:
+                   autocast: str = "off", **settings) -> torch.Tensor:
     """Images in [-1, 1] for ``labels``; image i is drawn from its own seed ``image_seed(seed, i)``;
-    ``settings`` override the method's sampler."""
+    ``settings`` override the method's sampler. ``autocast`` (eval.autocast: off | fp16 | bf16)
+    applies on CUDA only, as the official samplers' fp16 autocast."""
     gens = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
-    return tok.decode(model.generate(labels.to(device), gens, **settings)).clamp(-1, 1)
+    use = autocast != "off" and device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.float16 if autocast == "fp16" else torch.bfloat16, enabled=use):
+        images = tok.decode(model.generate(labels.to(device), gens, **settings))
+    return images.float().clamp(-1, 1)
 
 
 @torch.no_grad()
 def generate_images(model: Method, tok: Tokenizer, labels: torch.Tensor, seed: int, batch_size: int,
-                    device: torch.device, desc: str = "sample", **settings) -> torch.Tensor:
+                    device: torch.device, desc: str = "sample", autocast: str = "off", **settings) -> torch.Tensor:
     """Images in [-1, 1] for ``labels``, image i seeded by its index (timing is
     ``benchmark.speed.sampling_cost``'s job). Distributed: each rank draws a contiguous part of
     the indices; all get every image."""
@@ -42,7 +46,8 @@ def generate_images(model: Method, tok: Tokenizer, labels: torch.Tensor, seed: i
     for start in tqdm(range(mine.start, mine.stop, batch_size), desc=desc, dynamic_ncols=True,
                       disable=not distributed.is_main()):
         idx = range(start, min(start + batch_size, mine.stop))
-        out.append(generate_batch(model, tok, labels[idx.start:idx.stop], idx, seed, device, **settings).cpu())
+        out.append(generate_batch(model, tok, labels[idx.start:idx.stop], idx, seed, device, autocast,
+                                  **settings).cpu())
     return distributed.gather_cat(torch.cat(out) if out else torch.empty(0))
 
 

@@ -38,12 +38,13 @@ def sample_to_folder(cfg: DictConfig, method: str, checkpoint: str | Path, out: 
                 "num_images": len(labels), "samples_per_class": ev.samples_per_class, "num_classes": num_classes,
                 "labels": "image i has class i // samples_per_class", "seed": cfg.seed,
                 "seed_scheme": "per global image index", "sampler": model.sampler_settings(),
-                "quantization": "round((x+1)*127.5) to uint8, PNG", "config": OmegaConf.to_container(cfg)}
+                "quantization": "round((x+1)*127.5) to uint8, PNG",
+                "autocast": ev.autocast if device.type == "cuda" else "off", "config": OmegaConf.to_container(cfg)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     start = time.time()
     for b in tqdm(range(0, len(todo), ev.batch_size), desc=f"sample {method}", dynamic_ncols=True):
         idx = todo[b:b + ev.batch_size]
-        images = generate_batch(model, tok, labels[idx], idx, cfg.seed, device)
+        images = generate_batch(model, tok, labels[idx], idx, cfg.seed, device, ev.autocast)
         for i, arr in zip(idx, to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()):
             tmp = out / "images" / f"{i:06d}.tmp.png"
             Image.fromarray(arr).save(tmp)

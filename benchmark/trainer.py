@@ -1,5 +1,6 @@
-"""A method-agnostic training loop: AdamW, warm-up then cosine, EMA, gradient clipping,
-bf16 autocast on CUDA, atomic checkpoints, exact resume and a guard against non-finite losses.
+"""A method-agnostic training loop: AdamW with the official schedules (cosine, VAR's lin0) and
+weight-decay rules, EMA, gradient clipping, bf16 / fp16 (loss-scaled) autocast, atomic
+checkpoints, exact resume and a guard against non-finite losses.
 Under torch.distributed (benchmark/distributed.py) the model is wrapped in DDP and each rank's
 ``batch_loss`` takes its shard of the global batch.
 
@@ -54,23 +55,52 @@ class _Objective(nn.Module):
         return self.batch_loss(step, generator)
 
 
+LIN0_WARMUP_FROM, LIN0_PLATEAU = 0.005, 0.05   # VAR utils/lr_control.py: wp0, lin0's T
+FP16_SCALER = {"init_scale": 2.0 ** 11, "growth_interval": 1000}   # VAR utils/amp_sc.py
+FP16_MAX_SCALE = 32768.0
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then down to cfg.min_lr at cfg.steps: half-cosine, or linear
-    (``schedule: linear``, VAR's ``lin0``)."""
+    """The learning rate of ``step`` (0-based) under ``cfg.schedule``: cosine / linear (warm-up
+    from 0 to cfg.lr, then down to cfg.min_lr at cfg.steps) or lin0 (VAR's lr_wd_annealing:
+    warm-up from 0.005 x lr, flat for 5% of the steps after warm-up, then linear to min_lr at
+    the last step)."""
+    if cfg.schedule == "lin0":
+        if step < cfg.warmup_steps:
+            return cfg.lr * (LIN0_WARMUP_FROM + (1 - LIN0_WARMUP_FROM) * step / cfg.warmup_steps)
+        done = (step - cfg.warmup_steps) / (cfg.steps - 1 - cfg.warmup_steps)
+        end = cfg.min_lr / cfg.lr
+        return cfg.lr * (1.0 if done < LIN0_PLATEAU else end + (1 - end) * (1 - done) / (1 - LIN0_PLATEAU))
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min((step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1), 1.0)
-    decay = 1 - progress if getattr(cfg, "schedule", "cosine") == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    decay = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * decay
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norm gains, embeddings' 1-D params (as timm/MAE/FlowAR)."""
+def weight_decay_at(step: int, cfg: TrainConfig) -> float:
+    """Constant, or (weight_decay_end >= 0) VAR's half-cosine from weight_decay to
+    weight_decay_end over the whole run."""
+    if cfg.weight_decay_end < 0:
+        return cfg.weight_decay
+    end = cfg.weight_decay_end
+    return end + (cfg.weight_decay - end) * (0.5 + 0.5 * math.cos(math.pi * step / max(cfg.steps - 1, 1)))
+
+
+def exempt_from_weight_decay(name: str, p: torch.Tensor, keys=()) -> bool:
+    """1-D parameters, biases, and names containing one of ``keys`` (VAR's filter_params rule;
+    FlowAR's add_weight_decay is the same rule without keys)."""
+    return p.ndim <= 1 or name.endswith("bias") or any(k in name for k in keys)
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_weight_decay=()) -> list[dict]:
+    """Two AdamW groups: with weight decay, and without (``exempt_from_weight_decay``)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (no_decay if exempt_from_weight_decay(name, p, no_weight_decay) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "decays": True},
+            {"params": no_decay, "weight_decay": 0.0, "decays": False}]
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -89,8 +119,12 @@ class Trainer:
                  desc: str = "train"):
         self.model, self.batch_loss, self.cfg = model, batch_loss, cfg
         self.run_dir, self.seed, self.device, self.desc = Path(run_dir), seed, torch.device(device), desc
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                           betas=(cfg.beta1, cfg.beta2))
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, tuple(cfg.no_weight_decay)),
+                                           lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        # fp16 needs loss scaling (VAR's AmpOptimizer); bf16 and fp32 do not.
+        self.scaler = torch.amp.GradScaler(self.device.type, **FP16_SCALER) if cfg.autocast == "fp16" else None
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
         self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.step, self.history = 0, []
         self.window = [0.0, 0]   # loss sum and count since the last logged entry (kept across a resume)
@@ -103,15 +137,17 @@ class Trainer:
         return self.run_dir / CHECKPOINT
 
     def autocast(self):
-        use = self.cfg.autocast == "bf16" or (self.cfg.autocast == "auto" and self.device.type == "cuda")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use)
+        mode = self.cfg.autocast
+        use = mode in ("bf16", "fp16") or (mode == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.float16 if mode == "fp16" else torch.bfloat16, enabled=use)
 
     def save(self) -> None:
         if not distributed.is_main():   # ranks hold the same weights; one writes
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_torch({"model": self.model.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
-                     "step": self.step, "history": self.history, "window": self.window}, self.checkpoint_path)
+                    "step": self.step, "history": self.history, "window": self.window,
+                    **({"scaler": self.scaler.state_dict()} if self.scaler else {})}, self.checkpoint_path)
 
     def resume(self) -> bool:
         """Load the last checkpoint if there is one; True if training resumes from it."""
@@ -127,6 +163,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.history = state["step"], state["history"]
         self.window = list(state.get("window", [0.0, 0]))
+        if self.scaler and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         if distributed.is_main():
             print(f"{self.desc}: resumed from step {self.step} ({self.checkpoint_path})", file=sys.stderr, flush=True)
         return True
@@ -136,7 +174,7 @@ class Trainer:
         # Warm-up (as TF's ExponentialMovingAverage with num_updates): early on the rate is
         # lower, so the average forgets the random initialisation. Without it a 0.998 EMA
         # still holds 13% of the init after 1000 steps, which ruins short runs (measured).
-        rate = min(self.cfg.ema_rate, (1 + self.step) / (10 + self.step))
+        rate = min(self.cfg.ema_rate, (1 + self.step) / (10 + self.step)) if self.cfg.ema_warmup else self.cfg.ema_rate
         for k, v in self.model.state_dict().items():
             if v.dtype.is_floating_point:
                 self.ema[k].mul_(rate).add_(v.detach(), alpha=1 - rate)
@@ -150,6 +188,8 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(seed + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.cfg)
+            decays = group.get("decays", group["weight_decay"] > 0)   # checkpoints from before the flag
+            group["weight_decay"] = weight_decay_at(self.step, self.cfg) if decays else 0.0
         with self.autocast():
             loss = self.objective(self.step, generator)
         # One collective per step: the global-batch loss, and whether any rank holds a signal.
@@ -161,10 +201,20 @@ class Trainer:
             raise NonFiniteLossError(f"{self.desc}: loss is {mean_loss} at step {self.step}; training stopped and "
                                      f"{kept}. Lower train.lr or check the data.")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+        else:   # VAR's AmpOptimizer: scaled backward, unscale, clip, step (skipped on inf), update, cap
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() > FP16_MAX_SCALE:
+                self.scaler.update(new_scale=FP16_MAX_SCALE)
         self.update_ema()
         self.step += 1
         return mean_loss
