@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from benchmark.datasets.base import DATASETS
+from benchmark.datasets.base import AUGMENTATIONS, DATASETS
 from benchmark.presets import cluster_path, preset_name, preset_path
 from methods.config import ConfigError, check_choice, check_positive, check_range, check_scale_list
 from methods.plugins import PluginImportError, import_plugins
@@ -40,12 +40,24 @@ class DataConfig:
     variant: str = "easy"          # shapes: easy | hard (smaller shapes, gradient backgrounds)
     train_size: int = 20000        # images in the training split (shapes renders this many)
     root: Optional[str] = None     # imagefolder: folder with one sub-folder per class
+    # Training augmentation (imagefolder): none (the ADM centre crop) | flowar | var | flexvar (the
+    # official pipelines, benchmark/datasets/imagefolder.py). With one, augment_views = 0 encodes
+    # a fresh view of every image at every step (the official trainers), N > 0 caches N views of
+    # each image in the latent cache and draws one per sample.
+    augment: str = "none"
+    augment_views: int = 0
 
     def check(self, key: str) -> None:
         check_choice(f"{key}.name", self.name, names(DATASETS))
         check_choice(f"{key}.resolution", self.resolution, [16, 32, 64, 128, 256, 512])
         check_positive(f"{key}.train_size", self.train_size)
         check_choice(f"{key}.variant", self.variant, ["easy", "hard"])
+        check_choice(f"{key}.augment", self.augment, AUGMENTATIONS)
+        check_positive(f"{key}.augment_views", self.augment_views, allow_zero=True)
+        if self.augment != "none" and self.name == "shapes":
+            raise ConfigError(f"{key}.augment={self.augment!r}: shapes renders every image fresh and has no training "
+                              f"augmentation; use it with an image folder ({key}.name=imagefolder) or set "
+                              f"{key}.augment=none")
         if self.name == "shapes":
             check_range(f"{key}.num_classes", self.num_classes, 2, 8)
 

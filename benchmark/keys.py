@@ -18,20 +18,31 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.config import config_hash
 
 
-def plain(node) -> dict | list:
-    return OmegaConf.to_container(node, resolve=True)
+# Settings added after runs were keyed: left out of the hashes while at these defaults, so that
+# existing tokenizers, latents, runs and records keep their keys (their behaviour is unchanged).
+LATER_DEFAULTS = {"data": {"augment": "none", "augment_views": 0},
+                  "train": {"weight_decay_end": -1.0, "no_weight_decay": [], "ema_warmup": True, "tf32": True},
+                  "eval": {"autocast": "off"}}
+
+
+def plain(node, section: str | None = None) -> dict | list:
+    out = OmegaConf.to_container(node, resolve=True)
+    for key, default in LATER_DEFAULTS.get(section, {}).items():
+        if key in out and out[key] == default:
+            del out[key]
+    return out
 
 
 def tokenizer_key(cfg: DictConfig, method: str) -> str:
     """``<name>-<hash>`` of the tokenizer a method uses: the data and the tokenizer's section."""
     name = cfg[method].tokenizer
-    return f"{name}-{config_hash({'data': plain(cfg.data), 'tokenizer': plain(cfg[name])})}"
+    return f"{name}-{config_hash({'data': plain(cfg.data, 'data'), 'tokenizer': plain(cfg[name])})}"
 
 
 def training_config(cfg: DictConfig, method: str) -> dict:
     """What a trained model depends on (its hash names the run directory)."""
     model = {k: v for k, v in plain(cfg[method]).items() if k != "sampler"}
-    return {"data": plain(cfg.data), "train": plain(cfg.train), method: model,
+    return {"data": plain(cfg.data, "data"), "train": plain(cfg.train, "train"), method: model,
             "tokenizer": plain(cfg[cfg[method].tokenizer])}
 
 
@@ -39,7 +50,7 @@ def evaluation_key(cfg: DictConfig, method: str) -> str:
     """The hash of everything behind a leaderboard row: the training config plus the sampler
     and evaluation settings. A swept value is in its row's own config; empty sweep lists are
     left out, so registering a method with new sampler settings changes no existing key."""
-    sampler, evaluation = plain(cfg[method].sampler), plain(cfg.eval)
+    sampler, evaluation = plain(cfg[method].sampler), plain(cfg.eval, "eval")
     sweep = {k: v for k, v in evaluation.pop("sweep", {}).items() if v}
     if sweep:   # only a "not supported" row keeps one
         evaluation["sweep"] = sweep

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark import distributed, results
@@ -67,10 +68,24 @@ def train_tokenizer(cfg: DictConfig, method: str) -> Path:
     return out
 
 
+def view_seed(seed: int, image: int, view: int) -> int:
+    """The augmentation draws of one training view: a function of (seed, image, view) alone."""
+    return (int(seed) * 1_000_003 + int(image) * 7_919 + int(view) * 104_729 + 17) % (2 ** 63)
+
+
+def on_the_fly(cfg: DictConfig) -> bool:
+    """Augmented views encoded at every step (``data.augment_views: 0``) instead of cached."""
+    return cfg.data.augment != "none" and cfg.data.augment_views == 0
+
+
 @torch.no_grad()
-def encode_latents(cfg: DictConfig, method: str) -> Path:
+def encode_latents(cfg: DictConfig, method: str) -> Path | None:
     """Every training image encoded once (``tok.to_cache``: a KL's posterior moments, a VQ's
-    token indices), reused by every method and seed that shares the tokenizer and data."""
+    token indices), reused by every method and seed that shares the tokenizer and data; with
+    ``data.augment`` and ``augment_views: N``, N augmented views of each (view v of image i at
+    row v x len + i). None when views are encoded on the fly (``augment_views: 0``)."""
+    if on_the_fly(cfg):
+        return None
     keys = RunKeys.of(cfg, method)
     if keys.latents.exists():
         return keys.latents
@@ -79,27 +94,46 @@ def encode_latents(cfg: DictConfig, method: str) -> Path:
         return keys.latents
     device = distributed.resolve_device(cfg.device)
     tok, data = load_tokenizer(cfg, method, device, keys), build_dataset(cfg)
+    views = cfg.data.augment_views if cfg.data.augment != "none" else 1
     encoded, labels = [], []
-    for start in range(0, len(data), 256):
-        x, y = data.render(np.arange(start, min(start + 256, len(data))))
-        encoded.append(tok.to_cache(x.to(device)).cpu())
-        labels.append(y)
+    for view in range(views):
+        for start in tqdm(range(0, len(data), 256), desc=f"latents (view {view + 1}/{views})", dynamic_ncols=True):
+            idx = np.arange(start, min(start + 256, len(data)))
+            x, y = (data.render(idx) if cfg.data.augment == "none" else
+                    data.render_augmented(idx, [view_seed(cfg.seed, i, view) for i in idx], cfg.data.augment))
+            encoded.append(tok.to_cache(x.to(device)).cpu())
+            labels.append(y)
     save_tensors({"encoded": torch.cat(encoded), "labels": torch.cat(labels)}, keys.latents)
     distributed.barrier()
     return keys.latents
 
 
-def batches(cfg: DictConfig, tok, model, encoded: torch.Tensor, labels: torch.Tensor):
-    """``batch_loss(step, generator)`` over the cached training set: an epoch-wise permutation
-    from (seed, epoch), so the data order is a function of the step (exact resume)."""
-    n, batch_size, device = len(labels), cfg.train.batch_size, encoded.device
+def batches(cfg: DictConfig, tok, model, encoded: torch.Tensor | None, labels: torch.Tensor | None,
+            data=None):
+    """``batch_loss(step, generator)`` over the training set: an epoch-wise permutation from
+    (seed, epoch), so the data order is a function of the step (exact resume). Its inputs are
+    the cached latents (one of the cached views of each image, drawn from the step), or, with
+    ``encoded`` None, a fresh augmented view of each image encoded now (``data``)."""
+    device = encoded.device if encoded is not None else next(model.parameters()).device
+    n = len(data) if encoded is None else len(labels) // (cfg.data.augment_views if cfg.data.augment != "none" else 1)
+    batch_size, views = cfg.train.batch_size, len(labels) // n if encoded is not None else 0
 
     def batch_loss(step: int, g: torch.Generator) -> torch.Tensor:
         epoch, i = divmod(step, n // batch_size)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         idx = distributed.shard(perm[i * batch_size:(i + 1) * batch_size])
-        inputs = tok.from_cache(encoded[idx], g)  # KL: a fresh posterior sample (as MAR/FlowAR); VQ: the tokens
-        return model.loss(inputs, labels[idx], g)
+        if encoded is None:
+            with torch.no_grad():
+                x, y = data.render_augmented(idx, [view_seed(cfg.seed, int(j), step + 1) for j in idx], cfg.data.augment)
+                cache, y = tok.to_cache(x.to(device)), y.to(device)
+        else:
+            if views > 1:   # one cached view per sample, drawn from the step (not from g: the loss's stream stays)
+                pick = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+                idx = idx + n * torch.randint(views, idx.shape, generator=pick)
+            idx = idx.to(device)
+            cache, y = encoded[idx], labels[idx]
+        inputs = tok.from_cache(cache, g)  # KL: a fresh posterior sample (as MAR/FlowAR); VQ: the tokens
+        return model.loss(inputs, y, g)
     return batch_loss
 
 
@@ -114,10 +148,14 @@ def train_method(cfg: DictConfig, method: str) -> Path:
         OmegaConf.save(cfg, out / "config.yaml")
     device = distributed.resolve_device(cfg.device)
     tok = load_tokenizer(cfg, method, device, keys)
-    cache = load_safetensors(encode_latents(cfg, method))
+    latents = encode_latents(cfg, method)
     torch.manual_seed(cfg.seed)
     model = build_method(cfg, method, tok).to(device)
-    batch_loss = batches(cfg, tok, model, cache["encoded"].to(device), cache["labels"].to(device))
+    if latents is None:   # augmented views encoded at every step
+        batch_loss = batches(cfg, tok, model, None, None, data=build_dataset(cfg))
+    else:
+        cache = load_safetensors(latents)
+        batch_loss = batches(cfg, tok, model, cache["encoded"].to(device), cache["labels"].to(device))
     start = time.time()
     history = Trainer(model, batch_loss, section(cfg, "train"), out, seed=cfg.seed, device=device,
                       desc=f"train {method}").fit()

@@ -1,6 +1,8 @@
-"""`imagefolder`: an ImageNet-style folder (one sub-folder per class) with the ADM centre crop."""
+"""`imagefolder`: an ImageNet-style folder (one sub-folder per class) with the ADM centre crop,
+and the official methods' training augmentations (``data.augment``)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,38 @@ def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
     arr = np.array(image)
     top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
     return Image.fromarray(arr[top: top + size, left: left + size])
+
+
+# The official training augmentations (data.augment, base.AUGMENTATIONS), as the official pipelines:
+#   flowar   main_flowar.py: Resize(1.125 x size) (bilinear), RandomCrop(size), RandomHorizontalFlip
+#   var      utils/data.py: Resize(round(1.125 x size), LANCZOS), RandomCrop(size); hflip off by default
+#   flexvar  dataset/imagenet.py: RandomHorizontalFlip, then ADM's random_crop_arr(size,
+#            min_crop_frac=0.88): short side drawn in [size, ceil(size / 0.88)], box-halving,
+#            bicubic resize, random crop
+def augment(image: Image.Image, size: int, kind: str, rng: np.random.Generator) -> Image.Image:
+    """One random training view of ``image`` (``kind`` in AUGMENTATIONS), drawn from ``rng``."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+    if kind == "none":
+        return center_crop_arr(image, size)
+    if kind == "flexvar":
+        if rng.random() < 0.5:
+            image = TF.hflip(image)
+        short = int(rng.integers(size, math.ceil(size / 0.88) + 1))
+        while min(*image.size) >= 2 * short:
+            image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+        scale = short / min(*image.size)
+        image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+    else:
+        mid = int(size * 1.125) if kind == "flowar" else round(size * 1.125)
+        mode = InterpolationMode.BILINEAR if kind == "flowar" else InterpolationMode.LANCZOS
+        image = TF.resize(image, mid, interpolation=mode)
+    top = int(rng.integers(0, image.size[1] - size + 1))
+    left = int(rng.integers(0, image.size[0] - size + 1))
+    image = image.crop((left, top, left + size, top + size))
+    if kind == "flowar" and rng.random() < 0.5:   # flowar flips after the crop (the order changes nothing)
+        image = TF.hflip(image)
+    return image
 
 
 @DATASETS.register_module("imagefolder")
@@ -63,3 +97,13 @@ class ImageFolder(Dataset):
         """Same contract as shapes: a batch of images (B, 3, H, W) in [-1, 1] and labels."""
         items = [self.load(int(i) % len(self), resolution) for i in np.asarray(indices).reshape(-1)]
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+    def render_augmented(self, indices, seeds, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training views: image ``indices[j]`` augmented (``kind``) with the draws of ``seeds[j]``."""
+        xs, ys = [], []
+        for i, seed in zip(np.asarray(indices).reshape(-1), seeds):
+            path, label = self.folder.samples[int(i) % len(self)]
+            img = augment(Image.open(path).convert("RGB"), self.resolution, kind, np.random.default_rng(int(seed)))
+            xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1)
+            ys.append(label)
+        return torch.stack(xs), torch.tensor(ys)
