@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark.config import config_hash
 
-
 # Settings added after runs were keyed: left out of the hashes while at these defaults, so that
 # existing tokenizers, latents, runs and records keep their keys (their behaviour is unchanged).
 LATER_DEFAULTS = {"data": {"augment": "none", "augment_views": 0},

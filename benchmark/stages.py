@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from benchmark import distributed, results
 from benchmark.build import build_dataset, build_method, build_tokenizer, load_tokenizer

@@ -14,7 +14,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from benchmark.config import load_config
-from benchmark.datasets.imagefolder import ImageFolder, augment
+from benchmark.datasets.imagefolder import augment
 from methods.config import ConfigError
 
 SIZE = 32
