@@ -50,9 +50,10 @@ def plan(methods: Sequence[str], presets: Sequence[str] = ("tiny",), seeds: Sequ
         lookup(METHODS, m)
     if any(c.data.name == "imagefolder" and not c.data.root for c in cfgs):
         raise ConfigError("data.root is not set; imagefolder needs data.root=/path/to/folder")
-    if "evaluate" in stages and any(c.data.name != "shapes" for c in cfgs):
-        raise ConfigError("data.name=imagefolder: the run's evaluate stage scores only `shapes`; for image folders "
-                          "run --stages tokenizer latents train, then `sample` and `evaluate` (Inception metrics).")
+    if "evaluate" in stages:   # an image folder is scored with Inception metrics: its inputs exist now
+        for c in {id(c.data): c for c in cfgs if c.data.name != "shapes"}.values():
+            from benchmark.evaluation import inception_inputs
+            inception_inputs(c)
     return plan_groups(cfgs, list(methods), list(seeds) if seeds else None, tuple(stages), redo_evaluate), cfgs[0]
 
 
@@ -125,29 +126,6 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = ()) -> pd.DataFrame
     return frame_of(records, cfg.paths.results, [], None)
 
 
-def dataset_reference(cfg) -> Path:
-    """The config's dataset as a reference batch (ADM layout): ``eval.reference_size`` held-out
-    images (shapes: its reference split; an image folder: val/, centre-cropped) at the
-    evaluation resolution, written once to the cache."""
-    import numpy as np
-    import torch
-
-    from benchmark.build import build_dataset
-    from benchmark.generation import to_uint8
-    from benchmark.io import atomic_write
-    from benchmark.metrics.fidelity import write_reference
-    resolution = cfg.eval.resolution or cfg.data.resolution
-    data = build_dataset(cfg, "reference", resolution=resolution)
-    n = min(cfg.eval.reference_size, len(data))
-    name = f"{cfg.data.name}-{cfg.data.variant if cfg.data.name == 'shapes' else Path(cfg.data.root).name}"
-    path = Path(cfg.paths.cache) / "references" / f"{name}-{resolution}px-{n}.npz"
-    if not path.exists():
-        images = torch.cat([data.render(np.arange(i, min(i + 256, n)))[0] for i in range(0, n, 256)])
-        atomic_write(path, lambda tmp: write_reference(tmp, to_uint8(images)))
-    print(f"reference: {path} ({n} images of {cfg.data.name} at {resolution} px)")
-    return path
-
-
 def fidelity(reference: str, samples: str | Path | None = None, run_dir: str | Path | None = None,
              checkpoint: str | Path | None = None, method: str | None = None, preset: str = "tiny",
              out: str | Path | None = None, overrides: Sequence[str] = (), inception_weights: str | None = None,
@@ -170,6 +148,7 @@ def fidelity(reference: str, samples: str | Path | None = None, run_dir: str | P
         cfg = load_config(preset, list(overrides))
         out = Path(out or Path(cfg.paths.runs) / "samples" / Path(checkpoint).stem)
     if reference == "dataset":
+        from benchmark.evaluation import dataset_reference
         reference = str(dataset_reference(cfg or load_config(preset, list(overrides))))
     if not samples:
         sample_to_folder(cfg, method, checkpoint, out, cfg.data.num_classes, ema=cfg.eval.weights == "ema")

@@ -119,6 +119,11 @@ class EvalConfig:
     # Sampling precision on CUDA: off (fp32) | fp16 | bf16 autocast (the official VAR, FlexVAR and
     # FlowAR samplers run under fp16 autocast). CPU always samples in fp32.
     autocast: str = "off"
+    # Image folders (Inception metrics): the reference, "dataset" (the held-out split, centre-
+    # cropped, eval.reference_size images) or an ADM reference batch .npz; the Inception weights
+    # ("": $SCALEWISE_INCEPTION_WEIGHTS, else torch hub's cache, else a download).
+    reference: str = "dataset"
+    inception_weights: str = ""
     # Extrapolation: generate and score at another resolution (0: the training one) or over
     # another scale list ([]: the method's own). Only methods with any-scale inference accept
     # them (FlexVAR); the others refuse by design.

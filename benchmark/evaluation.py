@@ -1,7 +1,12 @@
-"""The evaluate stage on `shapes`: the rows of a run's evaluation (the config's own sampler
-settings, then each ``eval.sweep`` value), one reference computed once for all of them (the
-factor evaluator, the real held-out images' features, the tokenizer's ceiling, the untrained
-floor), and per row: sample, score, measure the sampling cost, write the record and the grid."""
+"""The evaluate stage: the rows of a run's evaluation (the config's own sampler settings, then
+each ``eval.sweep`` value), one reference computed once for all of them, and per row: sample,
+score, measure the sampling cost, write the record and the grid.
+
+* `shapes`: the factor evaluator, the real held-out images' features, the tokenizer's ceiling
+  and the untrained floor; domain and factor metrics.
+* an image folder: Inception metrics by torch-fidelity (FID, IS, KID, precision/recall) against
+  the held-out split (``eval.reference: dataset``) or an ADM reference batch (a path), with the
+  tokenizer's reconstructions of the held-out images as the ceiling (rFID)."""
 from __future__ import annotations
 
 import copy
@@ -21,7 +26,7 @@ from benchmark.config import ConfigError, section, validate
 from benchmark.io import atomic_write
 from benchmark.generation import balanced_labels, generate_images, to_uint8
 from benchmark.keys import RunKeys
-from benchmark.metrics import domain
+from benchmark.metrics import domain, fidelity
 from benchmark.metrics import factors as fac
 from benchmark.records import Row
 from methods.base import Method, NotSupportedByDesign, Tokenizer
@@ -133,6 +138,16 @@ class Reference:
     values: dict             # the record's "reference": the ceiling (real, reconstructions) and the floor
     protocol: dict
     cells: dict              # real images and their reconstructions, a few per class, for the grids
+    kind: str = "domain"     # domain (shapes: evaluator = the factor evaluator) | inception (evaluator = its
+                             # weights, features = the reference batch: images and/or mu, sigma)
+
+    def score(self, images: torch.Tensor, device: torch.device) -> dict:
+        """The metrics of samples in [-1, 1] against this reference."""
+        if self.kind == "inception":
+            has_images = "images" in self.features
+            return fidelity.fidelity_metrics(to_uint8(images), self.features, self.evaluator, kid=has_images,
+                                             prc=has_images, device=device.type)
+        return score(self.evaluator, images, self.labels, self.features, len(self.class_names), device)
 
 
 def score(evaluator: Path, images: torch.Tensor, labels: torch.Tensor, reference: dict, num_classes: int,
@@ -175,6 +190,65 @@ def build_reference(cfg: DictConfig, method: str, tok: Tokenizer, resolution: in
     return Reference(evaluator, real_feats, labels, list(train_set.class_names), values, protocol, cells)
 
 
+def dataset_reference(cfg: DictConfig) -> Path:
+    """The config's dataset as a reference batch (ADM layout): ``eval.reference_size`` held-out
+    images (shapes: its reference split; an image folder: val/, centre-cropped) at the
+    evaluation resolution, written once to the cache."""
+    resolution = cfg.eval.resolution or cfg.data.resolution
+    data = build_dataset(cfg, "reference", resolution=resolution)
+    n = min(cfg.eval.reference_size, len(data))
+    name = f"{cfg.data.name}-{cfg.data.variant if cfg.data.name == 'shapes' else Path(cfg.data.root).name}"
+    path = Path(cfg.paths.cache) / "references" / f"{name}-{resolution}px-{n}.npz"
+    if not path.exists():
+        images = torch.cat([data.render(np.arange(i, min(i + 256, n)))[0] for i in range(0, n, 256)])
+        atomic_write(path, lambda tmp: fidelity.write_reference(tmp, to_uint8(images)))
+    print(f"reference: {path} ({n} images of {cfg.data.name} at {resolution} px)")
+    return path
+
+
+def inception_inputs(cfg: DictConfig) -> tuple[Path, Path]:
+    """The Inception weights and the reference batch an image-folder evaluation needs, found
+    (or refused) before any work: the weights from ``eval.inception_weights``,
+    $SCALEWISE_INCEPTION_WEIGHTS or torch hub's cache; the reference from ``eval.reference``."""
+    ev = section(cfg, "eval")
+    if ev.reference != "dataset" and not Path(ev.reference).is_file():
+        raise ConfigError(f"eval.reference={ev.reference!r} is not a file; give an ADM reference batch (.npz, e.g. "
+                          "VIRTUAL_imagenet256_labeled.npz) or eval.reference=dataset (the held-out split)")
+    weights = fidelity.inception_weights(ev.inception_weights or None)
+    return weights, Path(ev.reference)
+
+
+def build_inception_reference(cfg: DictConfig, tok: Tokenizer, resolution: int, device: torch.device) -> Reference:
+    """The reference batch (images and/or statistics), and the tokenizer's ceiling: the rFID and
+    PSNR of its reconstructions of the held-out images (when the reference has images)."""
+    ev = section(cfg, "eval")
+    weights, path = inception_inputs(cfg)
+    path = dataset_reference(cfg) if ev.reference == "dataset" else path
+    ref = fidelity.read_reference(path)
+    if "images" in ref and ref["images"].shape[-1] != resolution:
+        raise ConfigError(f"eval.reference={path} holds {ref['images'].shape[-1]} px images but the evaluation is at "
+                          f"{resolution} px; give the reference batch of that resolution")
+    data = build_dataset(cfg, "reference", resolution=resolution)
+    k = data.num_classes
+    real, real_labels = data.render(np.arange(min(ev.reference_size, len(data), 64 * k)))
+    recon = reconstruct(tok, real, device)
+    values = {"recon_psnr": psnr(recon, real)}
+    if "images" in ref or "mu" in ref:
+        values["fid_recon"] = fidelity.fidelity_metrics(to_uint8(recon), ref, weights, isc=False, kid=False, prc=False,
+                                                        device=device.type)["frechet_inception_distance"]
+    labels = balanced_labels(k, ev.samples_per_class)
+    import torch_fidelity
+    protocol = {"evaluator": f"torch-fidelity {torch_fidelity.__version__} {fidelity.FEATURE_EXTRACTOR}",
+                "inception_weights": weights.name, "reference": str(path),
+                "reference_kind": " + ".join(k for k, present in (("images", "images" in ref),
+                                                                  ("statistics (mu, sigma)", "mu" in ref)) if present),
+                "fid_against": "statistics (mu, sigma)" if "mu" in ref else "images",
+                "num_reference": len(ref["images"]) if "images" in ref else None, "num_samples": len(labels),
+                "num_recon": len(real), "isc_splits": 10, "resize": "torch-fidelity (bilinear, TF-compatible)"}
+    cells = {"real": results.grid_cells(real, real_labels)["cells"], "recon": results.grid_cells(recon, real_labels)["cells"]}
+    return Reference(weights, ref, labels, list(data.class_names), values, protocol, cells, kind="inception")
+
+
 # -- the stage --------------------------------------------------------------------------
 def evaluate_row(row: Row, model: Method, tok: Tokenizer, reference: Reference, resolution: int,
                  device: torch.device) -> Path:
@@ -189,8 +263,7 @@ def evaluate_row(row: Row, model: Method, tok: Tokenizer, reference: Reference, 
         return row.keys.record
     cost, cost_protocol = speed.sampling_cost(model, tok, cfg.data.num_classes, ev.batch_size, device,
                                               ev.throughput_repeats, **row.settings)
-    metrics = {**score(reference.evaluator, images, reference.labels, reference.features, len(reference.class_names),
-                       device), **cost}
+    metrics = {**reference.score(images, device), **cost}
     title = (f"{row.keys.method}, {cfg.preset}, seed {cfg.seed}, {resolution} px: "
              + records.sampler_text(model.sampler_settings(**row.settings)))
     grid = results.save_sample_grid(images, reference.labels, reference.class_names,
@@ -211,9 +284,8 @@ def evaluate_method(cfg: DictConfig, method: str) -> list[Path]:
     """Sample, score and write one record (and sample grid) per row of ``sweep_rows``. The
     factor evaluator, the reference features, the tokenizer's ceiling and the untrained floor are
     computed once, for all rows."""
-    if cfg.data.name != "shapes":
-        raise NotImplementedError("the domain evaluator needs data.name=shapes; score other data with "
-                                  "`python -m benchmark sample` + `python -m benchmark evaluate` (Inception metrics)")
+    if cfg.data.name != "shapes":   # found before sampling: a missing file fails now, not after the first row
+        inception_inputs(cfg)
     device = distributed.resolve_device(cfg.device)
     tok = load_tokenizer(cfg, method, device)
     model = load_trained(cfg, method, tok, device)
@@ -225,7 +297,9 @@ def evaluate_method(cfg: DictConfig, method: str) -> list[Path]:
         if row.note:
             paths.append(records.write(row.keys, records.make_record(row, model, resolution)))
             continue
-        reference = reference or build_reference(cfg, method, tok, resolution, device, row.settings)
+        if reference is None:
+            reference = (build_reference(cfg, method, tok, resolution, device, row.settings) if cfg.data.name == "shapes"
+                         else build_inception_reference(cfg, tok, resolution, device))
         paths.append(evaluate_row(row, model, tok, reference, resolution, device))
     return paths
 

@@ -21,11 +21,13 @@ from benchmark.config import config_hash
 # existing tokenizers, latents, runs and records keep their keys (their behaviour is unchanged).
 LATER_DEFAULTS = {"data": {"augment": "none", "augment_views": 0},
                   "train": {"weight_decay_end": -1.0, "no_weight_decay": [], "ema_warmup": True, "tf32": True},
-                  "eval": {"autocast": "off"}}
+                  "eval": {"autocast": "off", "reference": "dataset"}}
 
 
 def plain(node, section: str | None = None) -> dict | list:
     out = OmegaConf.to_container(node, resolve=True)
+    if section == "eval":
+        out.pop("inception_weights", None)   # where a file lies, not what is computed
     for key, default in LATER_DEFAULTS.get(section, {}).items():
         if key in out and out[key] == default:
             del out[key]

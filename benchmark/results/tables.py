@@ -211,20 +211,29 @@ def setting_in_words(row: pd.Series) -> str:
     return ", ".join(parts)
 
 
+# On an image folder (Inception metrics, torch-fidelity's keys) instead of the domain metrics.
+HEADLINE_INCEPTION = [("FID ↓", "frechet_inception_distance"), ("IS ↑", "inception_score_mean"),
+                      ("precision ↑", "precision"), ("recall ↑", "recall"), ("img/s", "throughput_img_s"),
+                      ("NFE", "nfe"), ("GFLOPs/img", "gflops_per_image"), ("train images", "train_images")]
+
+
 def headline(df: pd.DataFrame) -> pd.DataFrame:
     """At most 10 columns, one row per method x setting (seeds pooled as mean ± std), the
-    configured default marked ★, rows that cannot be sampled left out (the full table has them)."""
+    configured default marked ★, rows that cannot be sampled left out (the full table has them).
+    Domain metrics on `shapes`; Inception metrics when no row has them."""
+    domain = "class_consistency" in df.columns and df["class_consistency"].notna().any()
+    columns = HEADLINE if domain or "frechet_inception_distance" not in df.columns else HEADLINE_INCEPTION
     rows = []
     ok = df[df["note"].isna()] if "note" in df.columns else df
     for (method, _), group in ok.groupby(["method", "config_hash"], sort=False):
         first = group.iloc[0]
         default = "configured" not in group.columns or bool(first.get("configured", True))
         row = {"method": method + (" ★" if default else ""), "setting": setting_in_words(first)}
-        for label, col in HEADLINE:
+        for label, col in columns:
             row[label] = mean_std(group[col]) if col in group.columns else ""
         row["seeds"] = len(group)
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["method", "setting", *(label for label, _ in HEADLINE), "seeds"])
+    table = pd.DataFrame(rows, columns=["method", "setting", *(label for label, _ in columns), "seeds"])
     order = table["method"].str.rstrip(" ★") + table["method"].str.endswith("★").map({True: " 0", False: " 1"})
     table = table.iloc[order.argsort(kind="stable")].reset_index(drop=True)   # per method, the configured row first
     return table.drop(columns=["seeds"] if len(table.columns) > 10 else [])
