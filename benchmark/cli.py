@@ -106,6 +106,21 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--results", default="results")
     rep.add_argument("--out", default=None, help="default: <results>/report.html")
     rep.add_argument("--with-reference", action="store_true", help="show the shipped results/reference rows too")
+    rp = sub.add_parser("reproduce", help="a paper table from the released checkpoints: sample (resumable), score "
+                        "with torch-fidelity, published vs measured")
+    rp.add_argument("table", help="var | flowar | flexvar | flexvar-steps | flexvar-512")
+    rp.add_argument("--checkpoints", required=True, help="folder with the released files (var_d16.pth, "
+                    "vae_ch160v4096z32.pth, FlowAR-S.pth, kl16.ckpt, FlexVARd16-epo179.pth, FlexVAE.pth, ...)")
+    rp.add_argument("--reference", default=None, help="the 256 px ADM reference batch (VIRTUAL_imagenet256_labeled.npz)")
+    rp.add_argument("--reference-512", default=None, help="the 512 px one (VIRTUAL_imagenet512.npz)")
+    rp.add_argument("--inception-weights", default=None, help="local Inception weights (else cache / download)")
+    rp.add_argument("--samples-per-class", type=int, default=50, help="images per class (default 50: 50,000 images)")
+    rp.add_argument("--only", nargs="+", default=(), help="only these rows (their names in the table)")
+    rp.add_argument("--results", default="results")
+    rp.add_argument("--executor", choices=["inline", "local", "slurm"], default=None)
+    rp.add_argument("--cluster", default=None, help="cluster preset (jobs/clusters) for --executor slurm")
+    rp.add_argument("--dry-run", action="store_true", help="print the jobs; sample nothing")
+    rp.add_argument("overrides", nargs="*", help="config overrides for every row, e.g. eval.batch_size=128")
     st = sub.add_parser("status", help="each job of a sweep: state, id, error")
     st.add_argument("run", nargs="?", default=None, help="the sweep folder `run` printed (default: the newest)")
     st.add_argument("--runs", default="runs", help="where sweeps are looked up by name (paths.runs)")
@@ -126,7 +141,7 @@ def cmd_list(args) -> int:
 def split_overrides(args) -> None:
     """`--methods flowar var train.steps=5`: argparse gives the overrides to the list option
     before them (--methods, --stages, --seeds, --preset)."""
-    for name in ("methods", "stages", "seeds", "preset"):
+    for name in ("methods", "stages", "seeds", "preset", "only"):
         values = getattr(args, name, None)
         if isinstance(values, list):
             args.overrides = [m for m in values if "=" in m] + args.overrides
@@ -298,13 +313,26 @@ def cmd_validate_evaluator(args) -> int:
     return 1 if len(missed) else 0
 
 
+def cmd_reproduce(args) -> int:
+    from benchmark import api
+    api.reproduce(args.table, args.checkpoints, args.reference, args.reference_512, args.inception_weights,
+                  args.samples_per_class, args.results, args.executor, args.cluster, args.only, args.overrides,
+                  args.dry_run)
+    return 0
+
+
 COMMANDS = {"list": cmd_list, "run": cmd_run, "sample": cmd_sample, "train-tokenizer": cmd_train_tokenizer,
             "evaluate": cmd_evaluate, "prefetch": cmd_prefetch, "collect": cmd_collect, "status": cmd_status,
-            "validate-evaluator": cmd_validate_evaluator, "report": cmd_report}
+            "validate-evaluator": cmd_validate_evaluator, "report": cmd_report, "reproduce": cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:   # key=value overrides after options (argparse leaves them over): as run takes them
+        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides or []) + extra
     import os
     import shlex
 

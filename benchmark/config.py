@@ -100,7 +100,8 @@ class TrainConfig:
         check_positive(f"{key}.warmup_steps", self.warmup_steps, allow_zero=True)
         check_positive(f"{key}.grad_clip", self.grad_clip, allow_zero=True)
         check_range(f"{key}.ema_rate", self.ema_rate, 0.0, 1.0)
-        check_choice(f"{key}.autocast", self.autocast, ["auto", "bf16", "fp16", "off"])
+        if self.autocast != "False":   # `autocast=off` on the command line: YAML reads off as false
+            check_choice(f"{key}.autocast", self.autocast, ["auto", "bf16", "fp16", "off"])
         check_choice(f"{key}.schedule", self.schedule, ["cosine", "linear", "lin0"])
         if self.schedule == "lin0" and self.steps <= self.warmup_steps + 1:
             raise ConfigError(f"{key}.schedule=lin0 needs {key}.steps > {key}.warmup_steps + 1; got steps={self.steps}, "
@@ -139,7 +140,8 @@ class EvalConfig:
                      "grid_per_class"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_choice(f"{key}.weights", self.weights, ["ema", "model"])
-        check_choice(f"{key}.autocast", self.autocast, ["off", "fp16", "bf16"])
+        if self.autocast != "False":   # YAML's reading of off
+            check_choice(f"{key}.autocast", self.autocast, ["off", "fp16", "bf16"])
         if self.resolution:
             check_choice(f"{key}.resolution", self.resolution, [16, 32, 48, 64, 96, 128, 256, 384, 512, 1024])
         check_scale_list(f"{key}.patch_nums", self.patch_nums, allow_empty=True)

@@ -28,7 +28,7 @@ def generate_batch(model: Method, tok: Tokenizer, labels: torch.Tensor, indices,
     ``settings`` override the method's sampler. ``autocast`` (eval.autocast: off | fp16 | bf16)
     applies on CUDA only, as the official samplers' fp16 autocast."""
     gens = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
-    use = autocast != "off" and device.type == "cuda"
+    use = autocast in ("fp16", "bf16") and device.type == "cuda"
     with torch.autocast(device.type, dtype=torch.float16 if autocast == "fp16" else torch.bfloat16, enabled=use):
         images = tok.decode(model.generate(labels.to(device), gens, **settings))
     return images.float().clamp(-1, 1)

@@ -28,6 +28,8 @@ def plain(node, section: str | None = None) -> dict | list:
     out = OmegaConf.to_container(node, resolve=True)
     if section == "eval":
         out.pop("inception_weights", None)   # where a file lies, not what is computed
+    if out.get("autocast") == "False":       # `autocast=off` on the command line (YAML reads off as false)
+        out["autocast"] = "off"
     for key, default in LATER_DEFAULTS.get(section, {}).items():
         if key in out and out[key] == default:
             del out[key]

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_fidelity import random_inception_file
 
 from benchmark.cli import main
-from test_fidelity import random_inception_file
 
 INCEPTION_KEYS = ("frechet_inception_distance", "inception_score_mean", "kernel_inception_distance_mean",
                   "precision", "recall")
