@@ -45,11 +45,17 @@ def plan(methods: Sequence[str], presets: Sequence[str] = ("tiny",), seeds: Sequ
         if repeated:
             raise ConfigError(f"{name} lists {', '.join(repeated)} twice; give each once (two jobs would share one "
                               "run directory)")
+    for m in methods:
+        if "." in m or "=" in m:
+            raise ConfigError(f"--methods {m}: not a method name; a config override is key=value (e.g. "
+                              f"{m.split('=')[0]}=5) after the methods")
     cfgs = configs(presets, overrides, cluster, executor)   # imports the config's plug-ins first
     for m in methods:
         lookup(METHODS, m)
     if any(c.data.name == "imagefolder" and not c.data.root for c in cfgs):
         raise ConfigError("data.root is not set; imagefolder needs data.root=/path/to/folder")
+    from benchmark.preflight import preflight
+    preflight(cfgs, list(methods), tuple(stages))
     if "evaluate" in stages:   # an image folder is scored with Inception metrics: its inputs exist now
         for c in {id(c.data): c for c in cfgs if c.data.name != "shapes"}.values():
             from benchmark.evaluation import inception_inputs
@@ -137,6 +143,11 @@ def fidelity(reference: str, samples: str | Path | None = None, run_dir: str | P
     from benchmark.distributed import resolve_device
     from benchmark.metrics.fidelity import evaluate_folder, inception_weights as find_weights
     from benchmark.sample import sample_to_folder
+    if samples and not Path(samples).exists():   # what the user gave first, then the reference, then the weights
+        raise FileNotFoundError(f"--samples {samples} does not exist; give the folder `sample --out` wrote (or an .npz)")
+    if reference != "dataset" and not Path(reference).exists():
+        raise FileNotFoundError(f"reference batch {reference} does not exist (e.g. VIRTUAL_imagenet256_labeled.npz from "
+                                "openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/)")
     weights = find_weights(inception_weights)
     cfg = None
     if run_dir:

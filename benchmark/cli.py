@@ -233,6 +233,10 @@ def cmd_sample(args) -> int:
         cfg0 = load_config(args.preset, overrides)
         overrides.append(f"{cfg0[args.method].tokenizer}.pretrained={args.tokenizer_checkpoint}")
     cfg = load_config(args.preset, overrides)
+    if args.num_classes is not None and not 1 <= args.num_classes <= cfg.data.num_classes:
+        raise ConfigError(f"--num-classes {args.num_classes}: the model has {cfg.data.num_classes} classes "
+                          f"(data.num_classes; label {cfg.data.num_classes} is the null class of guidance); give "
+                          f"1 to {cfg.data.num_classes}")
     sample_to_folder(cfg, args.method, args.checkpoint, args.out, args.num_classes or cfg.data.num_classes,
                      ema=not args.raw)
     return 0
@@ -250,7 +254,13 @@ def cmd_evaluate(args) -> int:
             print(f"record: {record}")
         return 0
     from benchmark.metrics.fidelity import MissingWeightsError, inception_weights
-    try:   # before any work: the weights, then the inputs
+    for name, path in (("--samples", args.samples), ("--reference", args.reference), ("--checkpoint", args.checkpoint)):
+        if path and path != "dataset" and not Path(path).exists():   # what the user gave, before the weights
+            raise FileNotFoundError(f"{name} {path} does not exist"
+                                    + ("; give the folder `sample --out` wrote (or an .npz)" if name == "--samples" else
+                                       " (e.g. VIRTUAL_imagenet256_labeled.npz from openaipublic.blob.core.windows.net"
+                                       "/diffusion/jul-2021/ref_batches/imagenet/256/)" if name == "--reference" else ""))
+    try:   # before any work: the inputs, then the weights
         weights = inception_weights(args.inception_weights)
     except (MissingWeightsError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -349,3 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownNameError, PluginImportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:   # anything else: one line; the traceback on request
+        if os.environ.get("SCALEWISE_DEBUG"):
+            raise
+        print(f"error: {type(err).__name__}: {err}\n(set SCALEWISE_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 1

@@ -29,6 +29,10 @@ def sample_to_folder(cfg: DictConfig, method: str, checkpoint: str | Path, out: 
     """Write ``images/{i:06d}.png`` for every image not yet written, then ``samples.npz``."""
     out, device = Path(out), distributed.resolve_device(cfg.device)
     ev = section(cfg, "eval")
+    import argparse
+
+    from methods.checkpoints import check_file
+    check_file(checkpoint, f"a {method} checkpoint", [argparse.Namespace])   # first: it is what the user gave
     tok = load_tokenizer(cfg, method, device)
     model = load_trained(cfg, method, tok, device, weights=checkpoint, ema=ema)
     labels = balanced_labels(num_classes, ev.samples_per_class)

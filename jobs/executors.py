@@ -148,10 +148,32 @@ def local_resources(cfg: DictConfig) -> dict:
 
 
 _offsets: dict[Path, int] = {}
+_in_traceback: set[Path] = set()
+_TRACEBACK_GLUE = ("Traceback (most recent call last):", "During handling of the above exception",
+                   "The above exception was the direct cause", "submitit ")
+
+
+def _without_tracebacks(path: Path, lines: list[str]) -> list[str]:
+    """A job's log lines without Python tracebacks (the FAILED line names the error and the log
+    keeps the traceback); ``path``'s state carries over between reads."""
+    out = []
+    for line in lines:
+        if line.startswith(_TRACEBACK_GLUE):
+            if line.startswith("Traceback"):
+                _in_traceback.add(path)
+            continue
+        if path in _in_traceback:
+            if line[:1] in (" ", "\t", "\n", "") or line.startswith("^"):
+                continue
+            _in_traceback.discard(path)   # the exception line ends the traceback: the FAILED line repeats it
+            continue
+        out.append(line)
+    return out
 
 
 def _follow(handle) -> None:
-    """Copy what a local job has written since the last call to this terminal."""
+    """Copy what a local job has written since the last call to this terminal (tracebacks left
+    in the log file)."""
     for path, stream in ((handle.paths.stdout, sys.stdout), (handle.paths.stderr, sys.stderr)):
         if path.exists():
             with open(path, "rb") as f:
@@ -159,7 +181,7 @@ def _follow(handle) -> None:
                 data = f.read()
             _offsets[path] = _offsets.get(path, 0) + len(data)
             text = data.decode(errors="replace")
-            stream.write("".join(line for line in text.splitlines(keepends=True) if not line.startswith("submitit ")))
+            stream.write("".join(_without_tracebacks(path, text.splitlines(keepends=True))))
             stream.flush()
 
 

@@ -52,7 +52,13 @@ def job_state(job: dict, executor: str) -> tuple[str, str]:
 
 
 def status(folder: Path) -> list[dict]:
-    sweep = json.loads((folder / "sweep.json").read_text())
+    try:
+        sweep = json.loads((folder / "sweep.json").read_text())
+    except (OSError, ValueError) as err:
+        from methods.config import ConfigError
+        raise ConfigError(f"{folder / 'sweep.json'} cannot be read ({type(err).__name__}: {err}); the sweep's record "
+                          "is damaged: its jobs' logs are in the folder's logs/, and rerunning the same `run` "
+                          "command redoes only what is missing") from None
     rows = []
     for group in sweep["groups"]:
         for job in group["jobs"]:

@@ -200,6 +200,9 @@ def check_size(state: Mapping[str, torch.Tensor], net: AdaLNARTransformer, sourc
     """A checkpoint of another depth or width fails naming both and the preset to use."""
     depth = depth_of(state)
     width = state["word_embed.weight"].shape[0] if "word_embed.weight" in state else None
+    if depth == 0 or width is None:
+        raise RuntimeError(f"{source} is not a {section} checkpoint: it has no blocks.N.* / word_embed keys (it holds "
+                           f"{sorted(state)[:4]} ...); is it another method's? Give it to that method's --method")
     if depth != len(net.blocks) or (width is not None and width != net.C):
         preset = f" (preset {section}_d{depth})" if depth in presets else ""
         raise RuntimeError(f"{source} is a {section} model of depth {depth}, width {width}; the model here has depth "

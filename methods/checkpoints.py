@@ -73,6 +73,16 @@ def check_keys(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
                  for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
                  if items]
         raise RuntimeError(f"{source} {hint}: " + "; ".join(parts))
+    check_finite(state, source)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Weights with NaN (a diverged run saved anyway) are refused, naming them: sampling them
+    gives blank images, not an error. (Inf is legitimate: attention masks hold -inf.)"""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.is_meta and bool(torch.isnan(v).any())]
+    if bad:
+        raise RuntimeError(f"{source} holds NaN weights in {len(bad)} tensor(s): {bad[:SHOW]}; it is from a "
+                           "diverged run: use an earlier checkpoint")
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -82,3 +92,18 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as err:
         raise RuntimeError(f"{path} is not a readable safetensors file ({err}); delete it and rerun to rebuild it") from err
+
+
+def check_file(path: str | Path, what: str, allowed_globals: Iterable = ()) -> None:
+    """A checkpoint file before any other work: it exists, reads safely, and holds no NaN/Inf
+    (in any nested state dict: ``model``, ``model_ema``, ``trainer.var_wo_ddp`` ...)."""
+    obj = read_checkpoint(path, what, allowed_globals)
+    tensors, stack = {}, [("", obj)]
+    while stack:
+        prefix, node = stack.pop()
+        if isinstance(node, torch.Tensor):
+            tensors[prefix] = node
+        elif isinstance(node, Mapping):
+            stack += [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in node.items()]
+    check_finite(tensors, str(path))
+

@@ -66,7 +66,11 @@ class ImageFolder(Dataset):
         if not path.is_dir():
             raise FileNotFoundError(f"imagefolder: {path} is not a folder; set data.root to a folder with one "
                                     "sub-folder of images per class (optionally under train/ and val/)")
-        self.folder = torchvision.datasets.ImageFolder(str(path))
+        try:
+            self.folder = torchvision.datasets.ImageFolder(str(path))
+        except FileNotFoundError:   # torchvision: no class folders, or no image files in them
+            raise FileNotFoundError(f"imagefolder: no images found under {path}: it needs one sub-folder of images "
+                                    "per class (.png, .jpg, ...), optionally under train/ and val/") from None
         if len(self.folder) == 0:
             raise FileNotFoundError(f"imagefolder: no images found under {path}")
         self.resolution, self.split = resolution, split
