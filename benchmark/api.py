@@ -176,70 +176,28 @@ def reproduce(name: str, checkpoints: str | Path, reference: str | None = None, 
     ``checkpoints``: every row's inputs are checked and its config validated before any work,
     then one job per row samples (resumable) and scores; the table of published against
     measured figures is written to ``<results>/reproduce/<name>.md`` / ``.csv``."""
-    from benchmark.metrics.fidelity import inception_weights as find_weights
-    from benchmark.reproduce import Plan, ReproduceJob, row_overrides, table, write_table
+    from benchmark.reproduce import plan_table, write_table
     from jobs import executors
     from jobs.status import FINISHED, wait as wait_for
-    from jobs.sweep import Group, absolute_paths
-    _, rows = table(name)
-    checkpoints = Path(checkpoints)
-    if not checkpoints.is_dir():
-        raise ConfigError(f"--checkpoints {checkpoints} is not a folder; put the released files there "
-                          f"({', '.join(sorted({r.checkpoint for r in rows if r.checkpoint}))} and their tokenizers)")
-    unknown = sorted(set(only) - {r.label for r in rows} - {r.slug for r in rows})
-    if unknown:
-        raise ConfigError(f"--only {unknown}: not rows of {name}; its rows are: {', '.join(r.slug for r in rows)}")
-    if samples_per_class < 1:
-        raise ConfigError(f"--samples-per-class={samples_per_class}: give at least 1 (the papers use 50)")
-    references = {256: reference, 512: reference_512}
-    for res, path in references.items():
-        if path and not Path(path).is_file():
-            raise ConfigError(f"the {res} px reference batch {path} does not exist (VIRTUAL_imagenet{res}"
-                              f"{'_labeled' if res == 256 else ''}.npz from openaipublic.blob.core.windows.net/"
-                              f"diffusion/jul-2021/ref_batches/imagenet/{res}/)")
-    weights = find_weights(inception_weights)
-    plan = Plan()
-    for row in rows:
-        if only and row.label not in only and row.slug not in only:
-            continue
-        absent = [f for f in (row.checkpoint, row.tokenizer) if f and not (checkpoints / f).is_file()]
-        if not row.checkpoint:
-            plan.missing[row.label] = "no released checkpoint"
-        elif absent:
-            plan.missing[row.label] = f"missing {', '.join(absent)} in {checkpoints}"
-        elif not references.get(row.resolution):
-            plan.missing[row.label] = f"no {row.resolution} px reference batch given (--reference-{row.resolution})" \
-                if row.resolution != 256 else "no reference batch given (--reference)"
-        else:
-            cfg = load_config(row.preset, row_overrides(row, checkpoints.resolve(), samples_per_class, overrides),
-                              cluster)
-            if executor:
-                cfg.jobs.executor = executor
-            out = (Path(results) / "reproduce" / name / row.slug).resolve()
-            plan.jobs.append(ReproduceJob(absolute_paths(cfg), row, name, str((checkpoints / row.checkpoint).resolve()),
-                                          str(out), str(Path(references[row.resolution]).resolve()), str(weights),
-                                          str(Path(results).resolve())))
-    for label, why in plan.missing.items():
-        print(f"{label}: {why}")
-    out_dir = Path(results) / "reproduce"
+    from jobs.sweep import Group
+    plan = plan_table(name, checkpoints, {256: reference, 512: reference_512}, inception_weights, samples_per_class,
+                      results, executor, cluster, only, overrides)
     records = []
     if plan.jobs:
         cfg, groups = plan.jobs[0].cfg, [Group("reproduce", plan.jobs)]
         if dry_run:
             print(executors.dry_run(groups, cfg) if cfg.jobs.executor == "slurm" else
                   "\n".join(f"{j.name}: {j.row.preset} {' '.join(j.row.overrides)} -> {j.out}" for j in plan.jobs))
-            return out_dir / f"{name}.md"
+            return Path(results) / "reproduce" / f"{name}.md"
         if cfg.jobs.executor == "inline":
             records = [p for job in plan.jobs for p in job()]
         else:
             folder = executors.sweep_folder(cfg)
             save = lambda r: executors.write_sweep(folder, cfg, cfg.jobs.executor, r, sys.argv)
-            record = (executors.submit_slurm(groups, cfg, folder) if cfg.jobs.executor == "slurm"
-                      else executors.run_local(groups, cfg, folder, save=save))
-            save(record)
-            rows_done = wait_for(folder, poll_s=2.0 if cfg.jobs.executor == "slurm" else 0.1, log=lambda *_: None)
-            records = [p for r in rows_done if r["state"] == FINISHED for p in r["detail"].split(", ")
-                       if p.endswith(".json")]
-    path = write_table(name, plan, records, out_dir)
+            save(executors.submit_slurm(groups, cfg, folder) if cfg.jobs.executor == "slurm"
+                 else executors.run_local(groups, cfg, folder, save=save))
+            done = wait_for(folder, poll_s=2.0 if cfg.jobs.executor == "slurm" else 0.1, log=lambda *_: None)
+            records = [p for r in done if r["state"] == FINISHED for p in r["detail"].split(", ") if p.endswith(".json")]
+    path = write_table(name, plan, records, Path(results) / "reproduce")
     print(path.read_text())
     return path

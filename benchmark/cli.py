@@ -44,6 +44,24 @@ def add_run(sub) -> None:
     run.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.steps=500")
 
 
+def add_reproduce(sub) -> None:
+    rp = sub.add_parser("reproduce", help="a paper table from the released checkpoints: sample (resumable), score "
+                        "with torch-fidelity, published vs measured")
+    rp.add_argument("table", help="var | flowar | flexvar | flexvar-steps | flexvar-512")
+    rp.add_argument("--checkpoints", required=True, help="folder with the released files (var_d16.pth, "
+                    "vae_ch160v4096z32.pth, FlowAR-S.pth, kl16.ckpt, FlexVARd16-epo179.pth, FlexVAE.pth, ...)")
+    rp.add_argument("--reference", default=None, help="the 256 px ADM reference batch (VIRTUAL_imagenet256_labeled.npz)")
+    rp.add_argument("--reference-512", default=None, help="the 512 px one (VIRTUAL_imagenet512.npz)")
+    rp.add_argument("--inception-weights", default=None, help="local Inception weights (else cache / download)")
+    rp.add_argument("--samples-per-class", type=int, default=50, help="images per class (default 50: 50,000 images)")
+    rp.add_argument("--only", nargs="+", default=(), help="only these rows (their names in the table)")
+    rp.add_argument("--results", default="results")
+    rp.add_argument("--executor", choices=["inline", "local", "slurm"], default=None)
+    rp.add_argument("--cluster", default=None, help="cluster preset (jobs/clusters) for --executor slurm")
+    rp.add_argument("--dry-run", action="store_true", help="print the jobs; sample nothing")
+    rp.add_argument("overrides", nargs="*", help="config overrides for every row, e.g. eval.batch_size=128")
+
+
 def add_sample_and_evaluate(sub) -> None:
     smp = sub.add_parser("sample", help="sample a checkpoint to PNGs + an ADM-style npz (resumable)")
     smp.add_argument("--method", default="flowar")
@@ -85,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
     tok.add_argument("--method", default="flowar", help="the method whose tokenizer to train")
     _common(tok)
     add_sample_and_evaluate(sub)
+    add_reproduce(sub)
     sub.add_parser("list", help="list registered methods, tokenizers, datasets and presets")
     pre = sub.add_parser("prefetch", help="download (where online) and check the Inception weights the fidelity "
                                           "metrics need, for compute nodes without internet")
@@ -106,21 +125,6 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--results", default="results")
     rep.add_argument("--out", default=None, help="default: <results>/report.html")
     rep.add_argument("--with-reference", action="store_true", help="show the shipped results/reference rows too")
-    rp = sub.add_parser("reproduce", help="a paper table from the released checkpoints: sample (resumable), score "
-                        "with torch-fidelity, published vs measured")
-    rp.add_argument("table", help="var | flowar | flexvar | flexvar-steps | flexvar-512")
-    rp.add_argument("--checkpoints", required=True, help="folder with the released files (var_d16.pth, "
-                    "vae_ch160v4096z32.pth, FlowAR-S.pth, kl16.ckpt, FlexVARd16-epo179.pth, FlexVAE.pth, ...)")
-    rp.add_argument("--reference", default=None, help="the 256 px ADM reference batch (VIRTUAL_imagenet256_labeled.npz)")
-    rp.add_argument("--reference-512", default=None, help="the 512 px one (VIRTUAL_imagenet512.npz)")
-    rp.add_argument("--inception-weights", default=None, help="local Inception weights (else cache / download)")
-    rp.add_argument("--samples-per-class", type=int, default=50, help="images per class (default 50: 50,000 images)")
-    rp.add_argument("--only", nargs="+", default=(), help="only these rows (their names in the table)")
-    rp.add_argument("--results", default="results")
-    rp.add_argument("--executor", choices=["inline", "local", "slurm"], default=None)
-    rp.add_argument("--cluster", default=None, help="cluster preset (jobs/clusters) for --executor slurm")
-    rp.add_argument("--dry-run", action="store_true", help="print the jobs; sample nothing")
-    rp.add_argument("overrides", nargs="*", help="config overrides for every row, e.g. eval.batch_size=128")
     st = sub.add_parser("status", help="each job of a sweep: state, id, error")
     st.add_argument("run", nargs="?", default=None, help="the sweep folder `run` printed (default: the newest)")
     st.add_argument("--runs", default="runs", help="where sweeps are looked up by name (paths.runs)")

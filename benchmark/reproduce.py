@@ -143,6 +143,61 @@ def published(rows: list[PaperRow], path: Path = PAPER_RESULTS) -> pd.DataFrame:
                          "source": [paper["source"].get(k) for k in keys]})
 
 
+def check_references(references: dict) -> None:
+    from methods.config import ConfigError
+    for res, path in references.items():
+        if path and not Path(path).is_file():
+            raise ConfigError(f"the {res} px reference batch {path} does not exist (VIRTUAL_imagenet{res}"
+                              f"{'_labeled' if res == 256 else ''}.npz from openaipublic.blob.core.windows.net/"
+                              f"diffusion/jul-2021/ref_batches/imagenet/{res}/)")
+
+
+def plan_table(name: str, checkpoints, references: dict, inception_weights: str | None, samples_per_class: int,
+               results: str, executor: str | None, cluster: str | None, only=(), overrides=()) -> Plan:
+    """One job per row whose files are there, each row's config validated; the others with the
+    reason they have no number. Everything is checked before any work."""
+    from benchmark.config import load_config
+    from benchmark.metrics.fidelity import inception_weights as find_weights
+    from methods.config import ConfigError
+    _, rows = table(name)
+    checkpoints = Path(checkpoints)
+    if not checkpoints.is_dir():
+        raise ConfigError(f"--checkpoints {checkpoints} is not a folder; put the released files there "
+                          f"({', '.join(sorted({r.checkpoint for r in rows if r.checkpoint}))} and their tokenizers)")
+    unknown = sorted(set(only) - {r.label for r in rows} - {r.slug for r in rows})
+    if unknown:
+        raise ConfigError(f"--only {unknown}: not rows of {name}; its rows are: {', '.join(r.slug for r in rows)}")
+    if samples_per_class < 1:
+        raise ConfigError(f"--samples-per-class={samples_per_class}: give at least 1 (the papers use 50)")
+    check_references(references)
+    weights, plan = find_weights(inception_weights), Plan()
+    for row in rows:
+        if only and row.label not in only and row.slug not in only:
+            continue
+        absent = [f for f in (row.checkpoint, row.tokenizer) if f and not (checkpoints / f).is_file()]
+        if not row.checkpoint:
+            plan.missing[row.label] = "no released checkpoint"
+        elif absent:
+            plan.missing[row.label] = f"missing {', '.join(absent)} in {checkpoints}"
+        elif not references.get(row.resolution):
+            plan.missing[row.label] = (f"no {row.resolution} px reference batch given (--reference-{row.resolution})"
+                                       if row.resolution != 256 else "no reference batch given (--reference)")
+        else:
+            cfg = load_config(row.preset, row_overrides(row, checkpoints.resolve(), samples_per_class, overrides),
+                              cluster)
+            if executor:
+                cfg.jobs.executor = executor
+            for key in ("runs", "cache", "results"):   # jobs may run in another working directory
+                cfg.paths[key] = str(Path(cfg.paths[key]).resolve())
+            plan.jobs.append(ReproduceJob(cfg, row, name, str((checkpoints / row.checkpoint).resolve()),
+                                          str((Path(results) / "reproduce" / name / row.slug).resolve()),
+                                          str(Path(references[row.resolution]).resolve()), str(weights),
+                                          str(Path(results).resolve())))
+    for label, why in plan.missing.items():
+        print(f"{label}: {why}")
+    return plan
+
+
 def write_table(name: str, plan: Plan, records: list[str], out_dir: Path) -> Path:
     """``<table>.md`` / ``.csv``: published beside measured, one line per row, the missing ones
     saying why."""
