@@ -26,6 +26,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """The temporary files an ``atomic_write`` of ``path`` left when its process was killed
+    mid-write (SIGKILL, power loss): ``path`` itself is the previous, whole file. Removed; the
+    names returned."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def write_text(path: str | Path, text: str) -> Path:
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from benchmark import distributed
 from benchmark.config import TrainConfig
-from benchmark.io import save_torch
+from benchmark.io import remove_stale_temporaries, save_torch
 
 CHECKPOINT = "checkpoint-last.pt"
 
@@ -150,7 +150,10 @@ class Trainer:
                     **({"scaler": self.scaler.state_dict()} if self.scaler else {})}, self.checkpoint_path)
 
     def resume(self) -> bool:
-        """Load the last checkpoint if there is one; True if training resumes from it."""
+        """Load the last checkpoint if there is one; True if training resumes from it. A
+        half-written checkpoint left by a killed process is removed (the last whole one stays)."""
+        for tmp in remove_stale_temporaries(self.checkpoint_path) if distributed.is_main() else []:
+            print(f"{self.desc}: removed {tmp.name}, a checkpoint write cut short", file=sys.stderr, flush=True)
         if not self.checkpoint_path.exists():
             return False
         try:

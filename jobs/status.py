@@ -4,6 +4,7 @@ Nothing here imports torch, so `python -m benchmark status` answers at once."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import time
@@ -48,7 +49,23 @@ def job_state(job: dict, executor: str) -> tuple[str, str]:
             state, reason = out.stdout.strip().splitlines()[0].split("|", 1)
             return state, "" if reason in ("None", "") else reason
         return LOST, f"not in the queue and no result; see {job['stderr']}"
-    return ("RUNNING", "") if Path(job["stderr"]).exists() else ("PENDING", "")
+    if Path(job["stderr"]).exists():   # local: the job id is its process id
+        if not _alive(job.get("job_id")):
+            return LOST, f"its process ended without a result (killed?); see {job['stderr']}; rerun the same command"
+        return "RUNNING", ""
+    return "PENDING", ""
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError):
+        return True          # no process id recorded: cannot tell
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def status(folder: Path) -> list[dict]:

@@ -1,0 +1,74 @@
+"""Faults with real processes and real signals: a process killed in the middle of a checkpoint
+write, a local job killed without a result."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WRITER = """
+import sys, time, torch
+from pathlib import Path
+from benchmark.io import atomic_write, save_torch
+path = Path(sys.argv[1])
+save_torch({"step": 1, "w": torch.ones(4)}, path)                 # the last whole checkpoint
+def half_then_hang(tmp):
+    with open(tmp, "wb") as f:
+        f.write(b"PK\\x03\\x04 half a zip")
+        f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+atomic_write(path, half_then_hang)                                  # killed in here
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one_and_the_rerun_cleans_up(tmp_path):
+    from benchmark.config import load_config
+    from benchmark.trainer import Trainer
+    path = tmp_path / "checkpoint-last.pt"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    stale = list(tmp_path.glob(".checkpoint-last.pt.*.tmp"))
+    assert len(stale) == 1                                              # the cut-short write
+    assert torch.load(path, weights_only=True)["step"] == 1            # the previous checkpoint is whole
+    # The rerun: the trainer removes the stale file before reading its checkpoint.
+    model = torch.nn.Linear(2, 2)
+    cfg = load_config("smoke", ["train.steps=1"]).train
+    trainer = Trainer(model, lambda step, g: model.weight.sum(), cfg, tmp_path, device="cpu")
+    try:
+        trainer.resume()
+    except RuntimeError as err:                                         # the test file is not a trainer checkpoint
+        assert "cannot resume" in str(err)
+    assert not list(tmp_path.glob(".checkpoint-last.pt.*.tmp"))
+
+
+def test_status_of_a_local_job_killed_without_a_result_is_lost_not_running(tmp_path, capsys):
+    from benchmark.cli import main
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sweep = tmp_path / "sweep"
+    (sweep / "logs").mkdir(parents=True)
+    stderr = sweep / "logs" / f"{proc.pid}_0_log.err"
+    stderr.write_text("train var: 10%\n")
+    job = {"name": "tiny/var/seed0/train", "job_id": str(proc.pid), "stdout": "", "stderr": str(stderr),
+           "result": str(sweep / "logs" / f"{proc.pid}_0_result.pkl")}
+    (sweep / "sweep.json").write_text(json.dumps({"executor": "local", "groups": [{"name": "train", "jobs": [job]}]}))
+    assert main(["status", str(sweep)]) == 1
+    assert "RUNNING" in capsys.readouterr().out
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(0.1)
+    assert main(["status", str(sweep)]) == 1
+    out = capsys.readouterr().out
+    assert "LOST" in out and "ended without a result" in out
