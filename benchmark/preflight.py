@@ -66,7 +66,8 @@ def check_tokenizer(cfg: DictConfig, method: str) -> None:
 def preflight(cfgs: list[DictConfig], methods: list[str], stages: tuple[str, ...]) -> None:
     seen = set()
     for cfg in cfgs:
-        check_device(cfg)
+        if cfg.jobs.executor != "slurm":   # Slurm jobs run on the cluster's nodes, not here
+            check_device(cfg)
         check_writable(cfg)
         if "train" in stages or "tokenizer" in stages or "latents" in stages:
             key = (cfg.data.name, cfg.data.root, cfg.data.train_size, cfg.train.batch_size)

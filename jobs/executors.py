@@ -6,9 +6,12 @@ and submitit's logs and pickles under ``logs/``. Watching it is jobs/status.py's
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,7 +97,13 @@ def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print, sav
     called as jobs start and end, so that `status` sees a sweep under way."""
     executor = submitit.LocalExecutor(folder=folder / "logs" / "%j", max_num_timeout=cfg.jobs.max_requeue)
     executor.update_parameters(timeout_min=cfg.jobs.timeout_min, **local_resources(cfg))
-    record, failed = {"groups": []}, set()
+    record, failed, running = {"groups": []}, set(), []
+    with stopping_jobs_on_sigterm(lambda: [h for _, h in running], log):
+        _run_groups(groups, cfg, executor, record, failed, running, log, save)
+    return record
+
+
+def _run_groups(groups, cfg, executor, record, failed, running, log, save) -> None:
     for group in groups:
         submitted = []
         runnable = [j for j in group.jobs if j.needs not in failed]
@@ -103,7 +112,6 @@ def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print, sav
                 failed.add(job.name)
                 log(f"[{job.name}] skipped: {job.needs} failed")
         pending = list(runnable)
-        running = []
         while pending or running:
             while pending and len(running) < cfg.jobs.parallel:
                 job = pending.pop(0)
@@ -129,7 +137,34 @@ def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print, sav
         record["groups"].append(group_record(group, [h for _, h in submitted],
                                              skipped=[j.name for j in group.jobs if j not in runnable]))
         save(record)
-    return record
+
+
+@contextlib.contextmanager
+def stopping_jobs_on_sigterm(handles, log):
+    """SIGTERM to this client (``kill PID``, ``timeout``) stops its local jobs as Ctrl-C does:
+    each job process gets SIGINT, which its trainer holds to the end of the step, checkpoints
+    and ends on; the client waits for them, then stops too (rerun the same command to resume)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        active = [h for h in handles() if not h.done()]
+        log(f"SIGTERM: stopping {len(active)} job(s); each saves a checkpoint at the end of its step")
+        for handle in active:
+            try:
+                os.kill(int(handle.job_id), signal.SIGINT)
+            except (ProcessLookupError, ValueError):
+                pass
+        deadline = time.time() + 600
+        while any(not h.done() for h in active) and time.time() < deadline:
+            time.sleep(0.2)
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def local_resources(cfg: DictConfig) -> dict:

@@ -73,8 +73,9 @@ def test_cli_list(capsys):
 def test_cli_rejects_unknown_stage_and_unscorable_data(capsys):
     assert main(["run", "--methods", "flowar", "--stages", "train", "sample"]) == 2
     assert "unknown stage(s) ['sample']" in capsys.readouterr().err
-    assert main(["run", "--methods", "flowar", "--preset", "imagenet256_flowar_s", "data.root=/nonexistent"]) == 2
-    assert "--stages tokenizer latents train" in capsys.readouterr().err
+    assert main(["run", "--methods", "flowar", "--preset", "imagenet256_flowar_s", "data.root=/nonexistent",
+                 "device=cpu"]) == 2
+    assert "imagefolder: /nonexistent" in capsys.readouterr().err   # the data first, long before any scoring
 
 
 def test_official_model_names_are_preset_aliases():

@@ -72,3 +72,33 @@ def test_status_of_a_local_job_killed_without_a_result_is_lost_not_running(tmp_p
     assert main(["status", str(sweep)]) == 1
     out = capsys.readouterr().out
     assert "LOST" in out and "ended without a result" in out
+
+
+def test_sigterm_to_a_local_sweep_stops_its_job_with_a_checkpoint(tmp_path):
+    """`kill PID` (or `timeout`) of the client: its local job checkpoints at the end of its step
+    and ends, instead of training on with the client gone; the rerun resumes from there."""
+    paths = [f"paths.runs={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}",
+             f"paths.results={tmp_path / 'results'}"]
+    cmd = [sys.executable, "-m", "benchmark", "run", "--methods", "var", "--preset", "smoke", "--executor", "local",
+           "--stages", "tokenizer", "latents", "train", "train.steps=100000", "train.checkpoint_every=100000",
+           "train.log_every=1", *paths]
+    client = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "runs").glob("smoke/var-*/seed0/config.yaml")) and time.time() < deadline:
+        time.sleep(0.5)                                                  # training has started
+    time.sleep(3)
+    client.send_signal(signal.SIGTERM)
+    out, _ = client.communicate(timeout=240)
+    sweep = json.loads(next((tmp_path / "runs" / "sweeps").glob("*/sweep.json")).read_text())
+    pids = [int(j["job_id"]) for g in sweep["groups"] for j in g["jobs"]]
+    for pid in pids:                                                     # no job left training
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive, f"job {pid} still running after the client ended:\n{out}"
+    ckpt = torch.load(next((tmp_path / "runs").glob("smoke/var-*/seed0/checkpoint-last.pt")), weights_only=True)
+    assert 0 < ckpt["step"] < 100000 and client.returncode != 0
+    assert "stopping 1 job(s)" in out

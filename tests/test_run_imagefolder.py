@@ -69,7 +69,7 @@ def test_missing_inception_weights_or_reference_fail_before_any_work(tmp_path, m
     monkeypatch.setattr("torch.hub.download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     data = make_folder(tmp_path / "data", per_class=(2, 1))
     common = ["run", "--methods", "var", "--preset", "smoke", "--executor", "inline", "data.name=imagefolder",
-              f"data.root={data}", "data.num_classes=4", f"paths.runs={tmp_path / 'runs'}",
+              f"data.root={data}", "data.num_classes=4", "train.batch_size=4", f"paths.runs={tmp_path / 'runs'}",
               f"paths.cache={tmp_path / 'cache'}", f"paths.results={tmp_path / 'results'}"]
     assert main(common) != 0
     assert "Inception weights" in capsys.readouterr().err
