@@ -240,8 +240,8 @@ def build_inception_reference(cfg: DictConfig, tok: Tokenizer, resolution: int, 
     import torch_fidelity
     protocol = {"evaluator": f"torch-fidelity {torch_fidelity.__version__} {fidelity.FEATURE_EXTRACTOR}",
                 "inception_weights": weights.name, "reference": str(path),
-                "reference_kind": " + ".join(k for k, present in (("images", "images" in ref),
-                                                                  ("statistics (mu, sigma)", "mu" in ref)) if present),
+                "reference_kind": " + ".join(kind for kind, present in (("images", "images" in ref),
+                                                                        ("statistics (mu, sigma)", "mu" in ref)) if present),
                 "fid_against": "statistics (mu, sigma)" if "mu" in ref else "images",
                 "num_reference": len(ref["images"]) if "images" in ref else None, "num_samples": len(labels),
                 "num_recon": len(real), "isc_splits": 10, "resize": "torch-fidelity (bilinear, TF-compatible)"}

@@ -36,11 +36,10 @@ def check_data(cfg: DictConfig) -> None:
     """The training set exists with the configured classes, and holds at least one batch."""
     from benchmark.build import build_dataset
     data = build_dataset(cfg)   # an image folder: missing, empty, too few classes fail here, naming it
-    n = len(data)
-    for key, batch in (("train.batch_size", cfg.train.batch_size),):
-        if batch > n:
-            raise ConfigError(f"{key}={batch} is larger than the training set ({n} images); use {key}<={n}"
-                              + (" or a larger data.train_size" if cfg.data.name == "shapes" else ""))
+    n, batch = len(data), cfg.train.batch_size
+    if batch > n:
+        raise ConfigError(f"train.batch_size={batch} is larger than the training set ({n} images); use "
+                          f"train.batch_size<={n}" + (" or a larger data.train_size" if cfg.data.name == "shapes" else ""))
 
 
 def check_tokenizer(cfg: DictConfig, method: str) -> None:

@@ -115,8 +115,8 @@ def batches(cfg: DictConfig, tok, model, encoded: torch.Tensor | None, labels: t
     the cached latents (one of the cached views of each image, drawn from the step), or, with
     ``encoded`` None, a fresh augmented view of each image encoded now (``data``)."""
     device = encoded.device if encoded is not None else next(model.parameters()).device
-    n = len(data) if encoded is None else len(labels) // (cfg.data.augment_views if cfg.data.augment != "none" else 1)
-    batch_size, views = cfg.train.batch_size, len(labels) // n if encoded is not None else 0
+    views = 0 if encoded is None else cfg.data.augment_views if cfg.data.augment != "none" else 1   # cached per image
+    n, batch_size = (len(data) if encoded is None else len(labels) // views), cfg.train.batch_size
 
     def batch_loss(step: int, g: torch.Generator) -> torch.Tensor:
         epoch, i = divmod(step, n // batch_size)
