@@ -104,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
     _common(tok)
     add_sample_and_evaluate(sub)
     add_reproduce(sub)
+    add_bench(sub)
     sub.add_parser("list", help="list registered methods, tokenizers, datasets and presets")
     pre = sub.add_parser("prefetch", help="download (where online) and check the Inception weights the fidelity "
                                           "metrics need, for compute nodes without internet")
@@ -132,6 +133,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_bench(sub) -> None:
+    b = sub.add_parser("bench", help="sampling and training speed per method (with --official: against the official "
+                       "code, side by side) and the scaling series: results/bench/")
+    b.add_argument("--methods", nargs="+", default=["flowar", "var", "flexvar"])
+    b.add_argument("--shapes", nargs="+", default=["tiny"], help="tiny (default) and/or paper (VAR-d16, FlexVAR-d16, "
+                   "FlowAR-S sizes)")
+    b.add_argument("--official", default=None, help="a folder holding checkouts of the official repositories "
+                   "(FoundationVision/VAR, jiaosiyu1999/FlexVAR, wangqiang9/FlowAR), or one of them")
+    b.add_argument("--batch-size", type=int, default=16, help="the large sampling batch (batch 1 is always measured)")
+    b.add_argument("--train-batch", type=int, default=16)
+    b.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up; the median is reported")
+    b.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="sampling under bf16 autocast or not")
+    b.add_argument("--no-series", action="store_true", help="skip the scaling series")
+    b.add_argument("--out", default="results/bench")
+    b.add_argument("overrides", nargs="*", help="config overrides, e.g. device=cuda")
+
+
 def cmd_list(args) -> int:
     """Declared names (entry points), without importing any method."""
     from benchmark.presets import preset_names
@@ -145,7 +163,7 @@ def cmd_list(args) -> int:
 def split_overrides(args) -> None:
     """`--methods flowar var train.steps=5`: argparse gives the overrides to the list option
     before them (--methods, --stages, --seeds, --preset)."""
-    for name in ("methods", "stages", "seeds", "preset", "only"):
+    for name in ("methods", "stages", "seeds", "preset", "only", "shapes"):
         values = getattr(args, name, None)
         if isinstance(values, list):
             args.overrides = [m for m in values if "=" in m] + args.overrides
@@ -327,6 +345,13 @@ def cmd_validate_evaluator(args) -> int:
     return 1 if len(missed) else 0
 
 
+def cmd_bench(args) -> int:
+    from benchmark.bench import bench
+    bench(args.methods, args.shapes, args.official, args.batch_size, args.train_batch, args.repeats,
+          not args.no_series, args.out, args.overrides, args.dtype)
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from benchmark import api
     api.reproduce(args.table, args.checkpoints, args.reference, args.reference_512, args.inception_weights,
@@ -337,7 +362,8 @@ def cmd_reproduce(args) -> int:
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "sample": cmd_sample, "train-tokenizer": cmd_train_tokenizer,
             "evaluate": cmd_evaluate, "prefetch": cmd_prefetch, "collect": cmd_collect, "status": cmd_status,
-            "validate-evaluator": cmd_validate_evaluator, "report": cmd_report, "reproduce": cmd_reproduce}
+            "validate-evaluator": cmd_validate_evaluator, "report": cmd_report, "reproduce": cmd_reproduce,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

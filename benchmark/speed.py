@@ -2,11 +2,9 @@
 batch, peak memory, network evaluations (NFE), parameters and FLOPs per image.
 
 ``sampling_cost`` is the one measurement: the evaluate stage calls it for every leaderboard
-row (trained weights, the row's sampler settings), and this script for a preset's size with
-random weights (speed does not depend on the weights):
-
-    python -m benchmark.speed --method var --preset var_d16 --batch-size 64 device=cuda
-    python -m benchmark.speed --method flowar --preset flowar_small --batch-size 64 --dtype bf16
+row (trained weights, the row's sampler settings), and ``python -m benchmark bench``
+(benchmark/bench.py) for a preset's size with random weights (speed does not depend on the
+weights).
 
 Tokens and decoding are timed together, as in the evaluation. The first call at each batch
 size is a warm-up; the figure is the median of ``repeats`` timed calls. FLOPs are counted by
@@ -14,8 +12,6 @@ torch's ``FlopCounterMode`` on one image (tokens, then decoding), never estimate
 """
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import statistics
 import time
@@ -23,12 +19,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from benchmark import distributed
-from benchmark.build import build_method
-from benchmark.config import load_config, section
 from benchmark.generation import generate_batch
 from methods.base import Method
-from methods.registry import TOKENIZERS, build
 
 # On CPU, F.scaled_dot_product_attention runs aten._scaled_dot_product_flash_attention_for_cpu,
 # which FlopCounterMode has no formula for (it would count attention as 0 FLOPs): count it
@@ -105,37 +97,3 @@ def sampling_cost(model: Method, tok, num_classes: int, batch_size: int, device:
                 "peak_memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
                 "flops": "torch.utils.flop_counter.FlopCounterMode, one image, tokens + decoding"}
     return metrics, protocol
-
-
-def measure(method: str, preset: str, batch_size: int, repeats: int, dtype: str, overrides: list[str]) -> dict:
-    """``sampling_cost`` of ``method`` at ``preset``'s size with random weights."""
-    cfg = load_config(preset, overrides)
-    device = distributed.resolve_device(cfg.device)
-    name = cfg[method].tokenizer
-    tcfg = section(cfg, name)
-    tcfg.pretrained = None
-    tok = build(TOKENIZERS, name, cfg=tcfg).to(device).eval()
-    model = build_method(cfg, method, tok).to(device).eval()
-    metrics, protocol = sampling_cost(model, tok, cfg.data.num_classes, batch_size, device, repeats, dtype)
-    row = {"method": method, "preset": preset, "resolution": cfg.data.resolution, **metrics, **protocol,
-           "sampler": model.sampler_settings()}
-    print(json.dumps(row), flush=True)
-    return row
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True)
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--batch-size", type=int, default=64, help="the large batch (batch size 1 is always measured)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. device=cuda")
-    args = p.parse_args(argv)
-    if args.batch_size < 1 or args.repeats < 1:
-        p.error(f"--batch-size {args.batch_size} and --repeats {args.repeats} must be at least 1")
-    measure(args.method, args.preset, args.batch_size, args.repeats, args.dtype, args.overrides)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,5 @@
 """Sampling cost (benchmark/speed.py): the one measurement behind the throughput columns of
-the leaderboard and the `benchmark.speed` script."""
-import json
+the leaderboard and of `python -m benchmark bench` (tests/test_bench.py)."""
 
 import pytest
 import torch
@@ -54,11 +53,3 @@ def test_cpu_attention_flops_are_counted():
     with FlopCounterMode(display=False, custom_mapping=speed.CPU_SDPA_FLOPS) as counter:
         F.scaled_dot_product_attention(q, q, q)
     assert counter.get_total_flops() == 2 * (2 * 2 * 4 * 16 * 16 * 8)   # QK^T and PV, 2 FLOPs per multiply-add
-
-
-def test_speed_script_prints_one_row(capsys):
-    speed.main(["--method", "var", "--preset", "smoke", "--batch-size", "4", "--repeats", "1"])
-    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert row["method"] == "var" and row["throughput_img_s"] > 0 and row["nfe"] == 6
-    with pytest.raises(SystemExit):
-        speed.main(["--method", "var", "--preset", "smoke", "--batch-size", "0"])

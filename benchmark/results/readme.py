@@ -48,6 +48,9 @@ def blocks(results_dir: Path) -> dict[str, str]:
         firsts = firsts[firsts["resolution"] == firsts["method"].map(df.groupby("method")["resolution"].min())]
         out["timings"] = markdown_table(firsts.drop_duplicates(["method", "seed"])[[
             c for c in ("method", "seed", "tokenizer_s", "train_s", "sample_s", "train_images") if c in df.columns]])
+    bench = results_dir / "bench" / "bench.md"
+    if bench.exists():   # `python -m benchmark bench --official ... --out results/reference/bench`
+        out["bench"] = bench.read_text()
     validation = results_dir / "evaluator_validation.md"
     if validation.exists():
         text = validation.read_text()
