@@ -180,7 +180,7 @@ def markdown(rows: list[dict]) -> str:
         lines += ["| method | shape | measurement | batch | official | suite | suite / official | same output |",
                   "|:---|:---|:---|---:|---:|---:|---:|:---|"]
         for (m, s, w), r in official.items():
-            same = (f"max |Δpixel| {r['parity_max_abs']:.1e}" + (", tokens equal" if r.get("tokens_equal") else "")
+            same = (f"max abs pixel difference {r['parity_max_abs']:.1e}" + (", tokens equal" if r.get("tokens_equal") else "")
                     if "parity_max_abs" in r else "")
             lines.append(f"| {m} | {s} | {w.replace('_', ' ')} | {r['batch_size']} | {r['official']:.3g} {r['measure_unit']} | "
                          f"{r['suite']:.3g} {r['measure_unit']} | **{r['ratio']:.2f}×** | {same} |")
