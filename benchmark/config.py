@@ -93,8 +93,12 @@ class TrainConfig:
     # GradScaler: initial scale 2^11, growth every 1000 steps, capped at 2^15) | off (fp32).
     autocast: str = "auto"
     tf32: bool = True              # CUDA matmuls and convolutions in TF32 (all three official trainers)
+    # Batches with a NaN/Inf loss that may be skipped (no update) before training stops; 0: stop
+    # at the first, naming the step and the last good checkpoint.
+    skip_nonfinite: int = 0
 
     def check(self, key: str) -> None:
+        check_positive(f"{key}.skip_nonfinite", self.skip_nonfinite, allow_zero=True)
         for name in ("steps", "batch_size", "lr", "checkpoint_every", "log_every"):
             check_positive(f"{key}.{name}", getattr(self, name))
         check_positive(f"{key}.warmup_steps", self.warmup_steps, allow_zero=True)

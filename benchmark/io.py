@@ -2,9 +2,11 @@
 final name: every write goes to a temporary file in the same folder, then ``os.replace``."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +26,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def locked(folder: str | Path):
+    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for a read-then-write that two
+    processes must not interleave, e.g. two sweeps rebuilding one results folder's tables."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:

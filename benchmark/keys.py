@@ -20,7 +20,8 @@ from benchmark.config import config_hash
 # Settings added after runs were keyed: left out of the hashes while at these defaults, so that
 # existing tokenizers, latents, runs and records keep their keys (their behaviour is unchanged).
 LATER_DEFAULTS = {"data": {"augment": "none", "augment_views": 0},
-                  "train": {"weight_decay_end": -1.0, "no_weight_decay": [], "ema_warmup": True, "tf32": True},
+                  "train": {"weight_decay_end": -1.0, "no_weight_decay": [], "ema_warmup": True, "tf32": True,
+                            "skip_nonfinite": 0},
                   "eval": {"autocast": "off", "reference": "dataset"}}
 
 

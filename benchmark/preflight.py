@@ -5,6 +5,7 @@ the fix; nothing is trained, written or downloaded before they pass."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -36,6 +37,12 @@ def check_data(cfg: DictConfig) -> None:
     """The training set exists with the configured classes, and holds at least one batch."""
     from benchmark.build import build_dataset
     data = build_dataset(cfg)   # an image folder: missing, empty, too few classes fail here, naming it
+    if cfg.data.name == "imagefolder":
+        from benchmark.datasets.imagefolder import check_files
+        converted = {m: k for m, k in check_files(data).items() if m != "RGB"}
+        if converted:   # read_rgb converts them: say so once, before any work
+            print(f"imagefolder: converted to 8-bit RGB when read: {', '.join(f'{k} {m}' for m, k in converted.items())} "
+                  "image(s) (alpha dropped, 16-bit scaled)", file=sys.stderr)
     n, batch = len(data), cfg.train.batch_size
     if batch > n:
         raise ConfigError(f"train.batch_size={batch} is larger than the training set ({n} images); use "

@@ -41,6 +41,10 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class StoppedBySignal(RuntimeError):
+    """A job told to stop (SIGTERM) stopped after writing its checkpoint."""
+
+
 HELD_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
@@ -126,7 +130,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
         self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.step, self.history = 0, []
+        self.step, self.history, self.skipped = 0, [], 0
         self.window = [0.0, 0]   # loss sum and count since the last logged entry (kept across a resume)
         self.objective: nn.Module = _Objective(model, batch_loss)
         self.held: int | None = None        # a signal received during a step, handled after it
@@ -146,7 +150,7 @@ class Trainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_torch({"model": self.model.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
-                    "step": self.step, "history": self.history, "window": self.window,
+                    "step": self.step, "history": self.history, "window": self.window, "skipped": self.skipped,
                     **({"scaler": self.scaler.state_dict()} if self.scaler else {})}, self.checkpoint_path)
 
     def resume(self) -> bool:
@@ -166,6 +170,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.history = state["step"], state["history"]
         self.window = list(state.get("window", [0.0, 0]))
+        self.skipped = int(state.get("skipped", 0))
         if self.scaler and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         if distributed.is_main():
@@ -184,7 +189,8 @@ class Trainer:
             else:
                 self.ema[k].copy_(v)
 
-    def train_step(self) -> float:
+    def train_step(self) -> float | None:
+        """One optimiser step; its loss, or None for a batch skipped under train.skip_nonfinite."""
         # Ranks draw their own streams (rank 0's is the single-process one).
         seed = step_seed(self.seed, self.step) + 7919 * distributed.rank()
         torch.manual_seed(seed)  # dropout / label drop
@@ -198,6 +204,13 @@ class Trainer:
         # One collective per step: the global-batch loss, and whether any rank holds a signal.
         mean_loss, signalled_share = distributed.all_mean([loss.item(), float(self.held is not None)])
         self.signalled = signalled_share > 0
+        if not math.isfinite(mean_loss) and self.skipped < self.cfg.skip_nonfinite:
+            self.skipped += 1
+            print(f"{self.desc}: loss is {mean_loss} at step {self.step}; batch skipped, no update ({self.skipped} of "
+                  f"train.skip_nonfinite={self.cfg.skip_nonfinite})", file=sys.stderr, flush=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            return None
         if not math.isfinite(mean_loss):
             kept = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() \
                 else "no checkpoint was written yet"
@@ -244,8 +257,13 @@ class Trainer:
 
     def deliver(self, signum: int) -> None:
         """What would have happened without holding: the previous handler (submitit's requeue,
-        Python's KeyboardInterrupt) or the default action. Returns if that ignores the signal."""
+        Python's KeyboardInterrupt) or the default action. Returns if that ignores the signal.
+        Inside a submitit job SIGTERM's handler only logs ("Bypassing signal"): the job would
+        train on after `kill`; it stops here instead, its checkpoint written."""
         handler = self.previous.get(signum, signal.SIG_DFL)
+        if signum == signal.SIGTERM and getattr(handler, "__name__", "") == "bypass":
+            raise StoppedBySignal(f"{self.desc}: SIGTERM: stopped with a checkpoint at step {self.step} "
+                                  f"({self.checkpoint_path}); run the same command again to resume")
         if callable(handler):
             handler(signum, None)
         elif handler in (signal.SIG_DFL, None):
@@ -278,10 +296,11 @@ class Trainer:
         with self.holding_signals():
             while self.step < self.cfg.steps:
                 loss = self.train_step()
-                self.window = [self.window[0] + loss, self.window[1] + 1]
+                if loss is not None:
+                    self.window = [self.window[0] + loss, self.window[1] + 1]
                 bar.update(1)
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                    mean = self.window[0] / self.window[1]
+                    mean = self.window[0] / max(self.window[1], 1)
                     self.history.append((self.step, mean))
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr_at(self.step - 1, self.cfg):.2e}")
                     self.window = [0.0, 0]

@@ -105,6 +105,12 @@ CASES = [
     ("folder-batch", "an image folder smaller than a batch",
      "run --methods var data.name=imagefolder data.root={tmp}/four_classes data.num_classes=4 train.batch_size=64",
      r"train.batch_size=64 is larger than the training set \(8 images\)"),
+    ("folder-truncated", "an image folder holding a truncated PNG",
+     "run --methods var data.name=imagefolder data.root={tmp}/truncated_png data.num_classes=2 train.batch_size=2",
+     r"1 file\(s\) cannot be read as images: .*c1/cut.png .*Remove or re-encode them"),
+    ("folder-not-image", "an image folder holding a text file named .png",
+     "run --methods var data.name=imagefolder data.root={tmp}/fake_png data.num_classes=2 train.batch_size=2",
+     r"cannot be read as images: .*c0/notes.png \(cannot identify image file"),
     ("reference-missing", "an image-folder run whose reference batch is missing",
      "run --methods var data.name=imagefolder data.root={tmp}/four_classes data.num_classes=4 train.batch_size=4 "
      "eval.reference={tmp}/VIRTUAL.npz", r"eval.reference=.*VIRTUAL.npz' is not a file"),
@@ -205,6 +211,14 @@ def inputs(tmp_path_factory):
             (tmp / name / f"c{c}").mkdir(parents=True)
             for i in range(2):
                 Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp / name / f"c{c}" / f"{i}.png")
+    for name in ("truncated_png", "fake_png"):   # two classes of good images, then one bad file
+        for c in range(2):
+            (tmp / name / f"c{c}").mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp / name / f"c{c}" / f"{i}.png")
+    whole = (tmp / "truncated_png" / "c1" / "0.png").read_bytes()
+    (tmp / "truncated_png" / "c1" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    (tmp / "fake_png" / "c0" / "notes.png").write_text("not an image")
     cfg = load_config("smoke", [f"paths.cache={tmp / 'cache'}"])
     torch.manual_seed(0)
     tok = build(TOKENIZERS, "msvq", cfg=section(cfg, "msvq"))

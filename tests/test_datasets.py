@@ -74,3 +74,25 @@ def test_imagefolder_center_crop(tmp_path):
 def test_imagefolder_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.root"):
         ImageFolder(str(tmp_path / "nope"))
+
+
+def test_imagefolder_reads_every_mode_as_8_bit_rgb(tmp_path):
+    """16-bit greyscale is scaled (not clipped at 255), greyscale / palette / RGBA become RGB,
+    and the preflight check counts the modes it will convert."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmark.datasets.imagefolder import ImageFolder, check_files, read_rgb
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+    ramp = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 257)        # 0 .. 65535 in steps of 257
+    Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "a" / "deep.png")
+    Image.fromarray(np.full((16, 16), 128, np.uint8), mode="L").save(tmp_path / "a" / "grey.png")
+    Image.fromarray(np.full((16, 16, 4), 200, np.uint8), mode="RGBA").save(tmp_path / "b" / "alpha.png")
+    Image.fromarray(np.full((16, 16, 3), 7, np.uint8)).save(tmp_path / "b" / "rgb.png")
+    deep = np.asarray(read_rgb(str(tmp_path / "a" / "deep.png")))
+    assert deep.shape == (16, 16, 3) and deep[..., 0].ravel().tolist() == list(range(256))   # scaled, not clipped
+    assert np.asarray(read_rgb(str(tmp_path / "a" / "grey.png"))).max() == 128
+    assert np.asarray(read_rgb(str(tmp_path / "b" / "alpha.png")))[0, 0].tolist() == [200, 200, 200]
+    modes = check_files(ImageFolder(str(tmp_path), resolution=16))
+    assert sum(modes.values()) == 4 and modes["RGB"] == 1 and modes["L"] == 1 and modes["RGBA"] == 1

@@ -102,3 +102,68 @@ def test_sigterm_to_a_local_sweep_stops_its_job_with_a_checkpoint(tmp_path):
     ckpt = torch.load(next((tmp_path / "runs").glob("smoke/var-*/seed0/checkpoint-last.pt")), weights_only=True)
     assert 0 < ckpt["step"] < 100000 and client.returncode != 0
     assert "stopping 1 job(s)" in out
+
+
+def test_sigterm_to_a_local_job_process_stops_it_with_a_checkpoint(tmp_path):
+    """`kill <job pid>`: submitit only logs SIGTERM ("Bypassing signal SIGTERM") and the job
+    would train on; it checkpoints at the end of its step, stops, and the client says so."""
+    paths = [f"paths.runs={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}",
+             f"paths.results={tmp_path / 'results'}"]
+    cmd = [sys.executable, "-m", "benchmark", "run", "--methods", "var", "--preset", "smoke", "--executor", "local",
+           "--stages", "tokenizer", "latents", "train", "train.steps=100000", "train.checkpoint_every=100000",
+           "train.log_every=1", *paths]
+    client = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "runs").glob("smoke/var-*/seed0/config.yaml")) and time.time() < deadline:
+        time.sleep(0.5)                                                  # training has started
+    time.sleep(3)
+    sweep = json.loads(next((tmp_path / "runs" / "sweeps").glob("*/sweep.json")).read_text())
+    job = int(sweep["groups"][-1]["jobs"][0]["job_id"])
+    os.kill(job, signal.SIGTERM)
+    out, _ = client.communicate(timeout=240)
+    ckpt = torch.load(next((tmp_path / "runs").glob("smoke/var-*/seed0/checkpoint-last.pt")), weights_only=True)
+    assert 0 < ckpt["step"] < 100000 and client.returncode != 0
+    assert "SIGTERM: stopped with a checkpoint at step" in out and "run the same command again" in out
+
+
+SWEEP_WRITER = """
+import json, sys
+from pathlib import Path
+from benchmark.io import write_json
+from benchmark.results.tables import rebuild_leaderboard
+results, template, tag = Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text()), sys.argv[3]
+for i in range(6):
+    record = dict(template, seed=1000 * int(tag) + i, run_dir=f"runs/{tag}/{i}")
+    write_json(results / "records" / f"sweep{tag}_{i}.json", record)
+    rebuild_leaderboard(results / "records", results)
+"""
+
+
+def test_two_sweeps_writing_one_results_folder_lose_no_row(tmp_path):
+    """Two processes, each writing records and rebuilding the tables after every one (as two
+    sweeps sharing paths.results): the final tables hold every row, none interleaved."""
+    import pandas as pd
+    template = next((ROOT / "results" / "reference" / "records").glob("tiny_var_*_seed0.json"))
+    procs = [subprocess.Popen([sys.executable, "-c", SWEEP_WRITER, str(tmp_path), str(template), tag], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"})
+             for tag in ("1", "2")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert sorted(board["seed"]) == sorted(1000 * t + i for t in (1, 2) for i in range(6))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_corrupt_record_among_many_is_named_and_the_rest_aggregated(tmp_path):
+    records = tmp_path / "results" / "records"
+    records.mkdir(parents=True)
+    good = sorted((ROOT / "results" / "reference" / "records").glob("tiny_*_seed0.json"))[:3]
+    for path in good:
+        (records / path.name).write_text(path.read_text())
+    (records / "cut.json").write_text(good[0].read_text()[:200])                 # a write cut short
+    proc = subprocess.run([sys.executable, "-m", "benchmark", "collect", "--results", str(tmp_path / "results")],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert "cut.json" in proc.stderr and "unreadable" in proc.stderr
+    board = (tmp_path / "results" / "leaderboard.csv").read_text().strip().splitlines()
+    assert len(board) == 1 + len(good)

@@ -52,6 +52,22 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_non_finite_batches_are_skipped_when_configured(tmp_path, capsys):
+    """train.skip_nonfinite=N: up to N batches with a NaN/Inf loss make no update; training
+    goes on to the end; one more stops it as before."""
+    from dataclasses import replace
+    model, loss = regression()
+    bad = lambda step, g: loss(step, g) * (float("nan") if step in (4, 9) else 1.0)
+    history = Trainer(model, bad, replace(CFG, skip_nonfinite=2), tmp_path / "a").fit()
+    state = torch.load(tmp_path / "a" / "checkpoint-last.pt", weights_only=True)
+    assert state["step"] == CFG.steps and state["skipped"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values()) and all(map(lambda h: h[1] == h[1], history))
+    assert "loss is nan at step 4; batch skipped, no update (1 of train.skip_nonfinite=2)" in capsys.readouterr().err
+    model, loss = regression()
+    with pytest.raises(NonFiniteLossError, match="step 9"):
+        Trainer(model, bad, replace(CFG, skip_nonfinite=1), tmp_path / "b").fit()
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / "checkpoint-last.pt").write_bytes(b"not a checkpoint")
     model, loss = regression()

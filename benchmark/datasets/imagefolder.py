@@ -59,6 +59,42 @@ def augment(image: Image.Image, size: int, kind: str, rng: np.random.Generator) 
     return image
 
 
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")   # 16-bit greyscale: convert("RGB") would clip at 255
+FULL_CHECK_LIMIT = 50_000                         # up to this many files every one is decoded in full
+
+
+def read_rgb(path: str) -> Image.Image:
+    """An image file as 8-bit RGB: greyscale, palette and RGBA converted (alpha dropped), 16-bit
+    greyscale scaled to 8 bits; a file that cannot be decoded is named in the error."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in HIGH_BIT_MODES:
+                a = np.asarray(img, dtype=np.float64)
+                return Image.fromarray((a * (255.0 / 65535.0)).round().clip(0, 255).astype(np.uint8)).convert("RGB")
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ConfigError(f"imagefolder: cannot read {path} ({err}); remove or re-encode it") from None
+
+
+def check_files(folder: "ImageFolder") -> dict[str, int]:
+    """Every file opens as an image (each is decoded in full up to FULL_CHECK_LIMIT files, else
+    its header is read); returns how many files have each mode. Bad files are named, five at most."""
+    full = len(folder) <= FULL_CHECK_LIMIT
+    modes, bad = {}, []
+    for path, _ in folder.folder.samples:
+        try:
+            with Image.open(path) as img:
+                if full:
+                    img.load()
+                modes[img.mode] = modes.get(img.mode, 0) + 1
+        except (OSError, SyntaxError, ValueError) as err:
+            bad.append(f"{path} ({err})")
+    if bad:
+        raise ConfigError(f"imagefolder: {len(bad)} file(s) cannot be read as images: {'; '.join(bad[:5])}"
+                          f"{' ...' if len(bad) > 5 else ''}. Remove or re-encode them")
+    return modes
+
+
 @DATASETS.register_module("imagefolder")
 class ImageFolder(Dataset):
     def __init__(self, root: str, resolution: int = 256, split: str = "train", **unused):
@@ -93,7 +129,7 @@ class ImageFolder(Dataset):
 
     def load(self, index: int, resolution: int | None = None) -> tuple[torch.Tensor, int]:
         path, label = self.folder.samples[index]
-        img = center_crop_arr(Image.open(path).convert("RGB"), resolution or self.resolution)
+        img = center_crop_arr(read_rgb(path), resolution or self.resolution)
         x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
         return x, label
 
@@ -107,7 +143,7 @@ class ImageFolder(Dataset):
         xs, ys = [], []
         for i, seed in zip(np.asarray(indices).reshape(-1), seeds):
             path, label = self.folder.samples[int(i) % len(self)]
-            img = augment(Image.open(path).convert("RGB"), self.resolution, kind, np.random.default_rng(int(seed)))
+            img = augment(read_rgb(path), self.resolution, kind, np.random.default_rng(int(seed)))
             xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1)
             ys.append(label)
         return torch.stack(xs), torch.tensor(ys)

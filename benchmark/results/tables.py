@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from benchmark.io import atomic_write, write_text
+from benchmark.io import locked, atomic_write, write_text
 
 ID_COLUMNS = ["method", "preset", "dataset", "resolution", "scales", "sampler", "seed", "config_hash"]
 SORT_COLUMNS = ["dataset", "resolution", "method", "seed"]
@@ -284,7 +284,13 @@ def tokenizer_table(records: Iterable[dict]) -> pd.DataFrame:
 
 def rebuild_leaderboard(records_root: str | Path, out_dir: str | Path) -> pd.DataFrame:
     """Rebuild leaderboard.csv / .md, leaderboard_summary.csv and the tokenizer table
-    (tokenizers.csv / .md) from the records on disk."""
+    (tokenizers.csv / .md) from the records on disk. Under a lock on ``out_dir``: of two
+    sweeps sharing a results folder, the later rebuild reads every record both wrote."""
+    with locked(out_dir):
+        return _rebuild(records_root, out_dir)
+
+
+def _rebuild(records_root: str | Path, out_dir: str | Path) -> pd.DataFrame:
     records, skipped = read_records(records_root)
     for path, reason in skipped:
         warnings.warn(f"skipping record {path}: {reason}", stacklevel=2)
