@@ -162,6 +162,10 @@ class PathsConfig:
     runs: str = "runs"             # run directories (checkpoints, samples, records); not in git
     cache: str = "cache"           # trained tokenizers, evaluators, latents, keyed by config hash
     results: str = "results"       # leaderboard, plots, grids (checked in)
+    # Tokenizers trained by the suite and shipped with it (benchmark/shipped/tokenizers/<key>),
+    # used instead of training one whose key (data + tokenizer settings) matches: "builtin",
+    # a folder of that layout, or "" to always train.
+    shipped: str = "builtin"
 
 
 @dataclass

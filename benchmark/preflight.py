@@ -33,6 +33,15 @@ def check_writable(cfg: DictConfig) -> None:
                               f"folder with paths.{name}=/path/to/folder")
 
 
+def check_shipped(cfg: DictConfig) -> None:
+    """paths.shipped, when a folder rather than "builtin" or "", exists."""
+    where = cfg.paths.get("shipped", "builtin")
+    if where not in ("", "builtin") and not Path(where).is_dir():
+        raise ConfigError(f"paths.shipped={where} is not a folder; give a folder holding tokenizers/<key>/"
+                          "tokenizer.safetensors, paths.shipped=builtin (the suite's own) or paths.shipped='' "
+                          "(always train)")
+
+
 def check_data(cfg: DictConfig) -> None:
     """The training set exists with the configured classes, and holds at least one batch."""
     from benchmark.build import build_dataset
@@ -75,6 +84,7 @@ def preflight(cfgs: list[DictConfig], methods: list[str], stages: tuple[str, ...
         if cfg.jobs.executor != "slurm":   # Slurm jobs run on the cluster's nodes, not here
             check_device(cfg)
         check_writable(cfg)
+        check_shipped(cfg)
         if "train" in stages or "tokenizer" in stages or "latents" in stages:
             key = (cfg.data.name, cfg.data.root, cfg.data.train_size, cfg.train.batch_size)
             if key not in seen:

@@ -23,8 +23,9 @@ from benchmark import distributed, results
 from benchmark.build import build_dataset, build_method, build_tokenizer, load_tokenizer
 from benchmark.config import TrainConfig, section
 from benchmark.evaluation import evaluate_method, tokenizer_metrics
-from benchmark.io import save_tensors, write_text
+from benchmark.io import atomic_write, save_tensors, write_text
 from benchmark.keys import RunKeys
+from benchmark.provenance import provenance
 from benchmark.trainer import Trainer
 from methods.checkpoints import load_safetensors
 
@@ -38,11 +39,61 @@ def tokenizer_train_config(tcfg) -> TrainConfig:
                        ema_rate=0.0, checkpoint_every=max(tcfg.steps // 4, 1), log_every=25, autocast="off")
 
 
+SHIPPED = Path(__file__).resolve().parent / "shipped"   # paths.shipped=builtin
+
+
+def shipped_dir(cfg: DictConfig) -> Path | None:
+    """The folder of tokenizers shipped with the suite (``paths.shipped``; "" = none)."""
+    where = cfg.paths.get("shipped", "builtin")
+    return None if not where else SHIPPED if where == "builtin" else Path(where)
+
+
+def shipped_tokenizer(cfg: DictConfig, key: str) -> Path | None:
+    """``<shipped>/tokenizers/<key>`` when it holds a tokenizer of exactly this key (the same
+    data and tokenizer settings: what training here would produce, trained once by the suite)."""
+    folder = shipped_dir(cfg)
+    entry = folder / "tokenizers" / key if folder else None
+    return entry if entry and (entry / "tokenizer.safetensors").exists() else None
+
+
+def copy_shipped(entry: Path, out: Path) -> Path:
+    """The shipped tokenizer copied into the cache (weights first: the json marks it complete)."""
+    data = (entry / "tokenizer.safetensors").read_bytes()
+    atomic_write(out / "tokenizer.safetensors", lambda tmp: tmp.write_bytes(data))
+    info = json.loads((entry / "tokenizer.json").read_text())
+    info["source"] = f"shipped: {entry}"
+    write_text(out / "tokenizer.json", json.dumps(info, indent=2))
+    return out
+
+
+def ship_tokenizer(trained: Path) -> Path:
+    """A tokenizer trained here stored under ``benchmark/shipped/tokenizers/<key>`` with the
+    code, packages, machine and command that made it (``train-tokenizer --ship``)."""
+    info = json.loads((trained / "tokenizer.json").read_text())
+    if str(info.get("source", "")).startswith("shipped"):
+        raise ValueError(f"{trained} holds a copy of a shipped tokenizer, not one trained here; train into a fresh "
+                         "cache (paths.cache=/tmp/fresh) to ship it")
+    entry = SHIPPED / "tokenizers" / trained.name
+    data = (trained / "tokenizer.safetensors").read_bytes()
+    atomic_write(entry / "tokenizer.safetensors", lambda tmp: tmp.write_bytes(data))
+    write_text(entry / "tokenizer.json", json.dumps({**info, "shipped": provenance()}, indent=2))
+    return entry
+
+
 def train_tokenizer(cfg: DictConfig, method: str) -> Path:
-    """Train (or load) the tokenizer ``cfg[method].tokenizer`` on the run's data; cached."""
+    """Train (or load) the tokenizer ``cfg[method].tokenizer`` on the run's data; cached. A
+    tokenizer shipped with the suite under the same key is copied instead of trained."""
     keys = RunKeys.of(cfg, method)
     out = keys.tokenizer_dir
-    if (out / "tokenizer.safetensors").exists():
+    if (out / "tokenizer.safetensors").exists() and (out / "tokenizer.json").exists():
+        return out
+    entry = shipped_tokenizer(cfg, keys.tokenizer_key)
+    if entry is not None:
+        if distributed.is_main():
+            copy_shipped(entry, out)
+            print(f"tokenizer {keys.tokenizer_key}: the one shipped with the suite ({entry}); "
+                  "paths.shipped='' trains it here instead", flush=True)
+        distributed.barrier()
         return out
     tcfg, device = section(cfg, keys.tokenizer), distributed.resolve_device(cfg.device)
     torch.manual_seed(0)   # the tokenizer is a function of its config and the data alone (as its cache key)

@@ -124,10 +124,14 @@ def _run_groups(groups, cfg, executor, record, failed, running, log, save) -> No
             time.sleep(0.5)
             if follow is not None:
                 _follow(follow)
+            else:
+                _follow_many(running)
             for job, handle in list(running):
                 if handle.done():
                     if follow is handle:
                         _follow(handle)
+                    elif follow is None:
+                        _follow_many([(job, handle)], every=0.0)
                     running.remove((job, handle))
                     state, detail = job_state({"result": str(handle.paths.result_pickle),
                                                "stderr": str(handle.paths.stderr)}, "local")
@@ -218,6 +222,31 @@ def _follow(handle) -> None:
             text = data.decode(errors="replace")
             stream.write("".join(_without_tracebacks(path, text.splitlines(keepends=True))))
             stream.flush()
+
+
+_last_shown: dict[Path, float] = {}
+
+
+def _follow_many(running, every: float = 20.0) -> None:
+    """Jobs side by side: their log lines, each prefixed with its job's name, and each job's
+    progress bar at most every ``every`` seconds (the latest state only)."""
+    for job, handle in running:
+        for path in (handle.paths.stdout, handle.paths.stderr):
+            if not path.exists():
+                continue
+            with open(path, "rb") as f:
+                f.seek(_offsets.get(path, 0))
+                data = f.read()
+            cut = data.rfind(b"\n") + 1   # complete lines now; a progress bar's partial line waits
+            bar = data[cut:].decode(errors="replace").split("\r")[-1].strip()
+            _offsets[path] = _offsets.get(path, 0) + cut
+            for line in _without_tracebacks(path, data[:cut].decode(errors="replace").splitlines(keepends=True)):
+                line = line.split("\r")[-1].strip()
+                if line:
+                    print(f"[{job.name}] {line}", flush=True)
+            if bar and time.time() - _last_shown.get(path, 0.0) >= every:
+                _last_shown[path] = time.time()
+                print(f"[{job.name}] {bar}", flush=True)
 
 
 # -- the sweep's record, status --------------------------------------------------------

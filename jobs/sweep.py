@@ -84,7 +84,8 @@ class Collect(submitit.helpers.Checkpointable):
 
 def absolute_paths(cfg: DictConfig) -> DictConfig:
     """Jobs may run in another working directory (a Slurm node): pin the paths."""
-    paths = {k: str(Path(v).resolve()) for k, v in OmegaConf.to_container(cfg.paths).items()}
+    paths = {k: str(Path(v).resolve()) for k, v in OmegaConf.to_container(cfg.paths).items()
+             if not (k == "shipped" and v in ("", "builtin"))}
     return OmegaConf.merge(cfg, {"paths": paths})
 
 

@@ -81,6 +81,8 @@ CASES = [
     # -- the machine -------------------------------------------------------------------------
     ("cuda-without-gpu", "device=cuda on a machine without a GPU", "run --methods var device=cuda",
      r"device=cuda but this machine has no CUDA GPU"),
+    ("shipped-missing", "a shipped-tokenizer folder that does not exist", "run --methods var paths.shipped={tmp}/nowhere",
+     r"paths.shipped=.*nowhere is not a folder"),
     ("results-under-file", "a results folder inside a file", "run --methods var paths.results={tmp}/file.txt/results",
      r"paths.results=.* cannot be written"),
     ("runs-under-file", "a runs folder inside a file", "run --methods var paths.runs={tmp}/file.txt/runs",

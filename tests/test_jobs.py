@@ -114,3 +114,22 @@ def test_repeated_seeds_or_methods_and_an_empty_collect_are_refused(tmp_path, ca
     assert "--methods lists var twice" in capsys.readouterr().err
     assert main(["collect", "--results", str(tmp_path)]) == 1
     assert "no records under" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_jobs_side_by_side_show_their_lines_and_latest_progress(tmp_path, capsys):
+    """jobs.parallel > 1: each job's log lines prefixed with its name, its progress bar's
+    latest state only, no traceback lines."""
+    from types import SimpleNamespace
+    handles = []
+    for name in ("tok-a", "tok-b"):
+        paths = SimpleNamespace(stdout=tmp_path / f"{name}.out", stderr=tmp_path / f"{name}.err")
+        paths.stdout.write_text("")
+        paths.stderr.write_text(f"starting {name}\nbar 1%\rbar 50%")
+        handles.append((SimpleNamespace(name=name), SimpleNamespace(paths=paths)))
+    executors._follow_many(handles, every=0.0)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["[tok-a] starting tok-a", "[tok-a] bar 50%", "[tok-b] starting tok-b", "[tok-b] bar 50%"]
+    with open(handles[0][1].paths.stderr, "a") as f:
+        f.write("\rbar 100%\nTraceback (most recent call last):\n  File x\nValueError: bad\ndone\n")
+    executors._follow_many(handles[:1], every=3600.0)
+    assert capsys.readouterr().out.splitlines() == ["[tok-a] bar 100%", "[tok-a] done"]
