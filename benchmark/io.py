@@ -2,9 +2,11 @@
 final name: every write goes to a temporary file in the same folder, then ``os.replace``."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +24,49 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and caches are shared files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
+            raise DiskFullError(path, err) from err
+        if isinstance(err, RuntimeError) and ("inline_container" in str(err) or "StreamWriter" in str(err)):
+            # torch.save's C++ writer reports a failed write as "unexpected pos ...": find out why
+            cause = write_probe_error(path.parent)
+            if cause is not None:
+                raise DiskFullError(path, cause) from err
         raise
     return path
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_probe_error(folder: Path, size: int = 2 ** 20) -> OSError | None:
+    """The out-of-space error writing ``size`` bytes in ``folder`` gives, if it does (the probe
+    file is removed)."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".space-probe.")
+    try:
+        left = size
+        while left:
+            left -= os.write(fd, b"\0" * min(left, 2 ** 16))
+        os.fsync(fd)
+        return None
+    except OSError as err:
+        return err if err.errno in NO_SPACE else None
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+class DiskFullError(OSError):
+    """A write that ran out of space (or quota, or the file-size limit): nothing half-written
+    is left, and the previous file of that name, if any, is untouched."""
+
+    def __init__(self, path: Path, err: OSError):
+        free = shutil.disk_usage(path.parent).free / 2 ** 20
+        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+        super().__init__(err.errno, f"could not write {path}: {err.strerror} ({free:.0f} MiB free there); {kept}. "
+                                    "Free some space (or point paths.runs / paths.cache / paths.results at another "
+                                    "disk) and run the same command again: it resumes")
 
 
 @contextmanager
