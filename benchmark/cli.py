@@ -243,7 +243,7 @@ def cmd_train_tokenizer(args) -> int:
     from benchmark.config import load_config
     from methods.registry import METHODS, lookup
     lookup(METHODS, args.method)
-    overrides = list(args.overrides) + (["paths.shipped="] if args.ship else [])
+    overrides = list(args.overrides) + (["paths.shipped=none"] if args.ship else [])
     out = stages.train_tokenizer(load_config(args.preset, overrides), args.method)
     print((out / "tokenizer.json").read_text())
     if args.ship:

@@ -164,8 +164,8 @@ class PathsConfig:
     results: str = "results"       # leaderboard, plots, grids (checked in)
     # Tokenizers trained by the suite and shipped with it (benchmark/shipped/tokenizers/<key>),
     # used instead of training one whose key (data + tokenizer settings) matches: "builtin",
-    # a folder of that layout, or "" to always train.
-    shipped: str = "builtin"
+    # a folder of that layout, or none to always train.
+    shipped: Optional[str] = "builtin"
 
 
 @dataclass

@@ -34,11 +34,11 @@ def check_writable(cfg: DictConfig) -> None:
 
 
 def check_shipped(cfg: DictConfig) -> None:
-    """paths.shipped, when a folder rather than "builtin" or "", exists."""
+    """paths.shipped, when a folder rather than builtin or none, exists."""
     where = cfg.paths.get("shipped", "builtin")
-    if where not in ("", "builtin") and not Path(where).is_dir():
+    if where not in (None, "", "none", "builtin") and not Path(where).is_dir():
         raise ConfigError(f"paths.shipped={where} is not a folder; give a folder holding tokenizers/<key>/"
-                          "tokenizer.safetensors, paths.shipped=builtin (the suite's own) or paths.shipped='' "
+                          "tokenizer.safetensors, paths.shipped=builtin (the suite's own) or paths.shipped=none "
                           "(always train)")
 
 

@@ -43,9 +43,9 @@ SHIPPED = Path(__file__).resolve().parent / "shipped"   # paths.shipped=builtin
 
 
 def shipped_dir(cfg: DictConfig) -> Path | None:
-    """The folder of tokenizers shipped with the suite (``paths.shipped``; "" = none)."""
+    """The folder of tokenizers shipped with the suite (``paths.shipped``; none: always train)."""
     where = cfg.paths.get("shipped", "builtin")
-    return None if not where else SHIPPED if where == "builtin" else Path(where)
+    return None if where in (None, "", "none") else SHIPPED if where == "builtin" else Path(where)
 
 
 def shipped_tokenizer(cfg: DictConfig, key: str) -> Path | None:
@@ -92,7 +92,7 @@ def train_tokenizer(cfg: DictConfig, method: str) -> Path:
         if distributed.is_main():
             copy_shipped(entry, out)
             print(f"tokenizer {keys.tokenizer_key}: the one shipped with the suite ({entry}); "
-                  "paths.shipped='' trains it here instead", flush=True)
+                  "paths.shipped=none trains it here instead", flush=True)
         distributed.barrier()
         return out
     tcfg, device = section(cfg, keys.tokenizer), distributed.resolve_device(cfg.device)

@@ -85,7 +85,7 @@ class Collect(submitit.helpers.Checkpointable):
 def absolute_paths(cfg: DictConfig) -> DictConfig:
     """Jobs may run in another working directory (a Slurm node): pin the paths."""
     paths = {k: str(Path(v).resolve()) for k, v in OmegaConf.to_container(cfg.paths).items()
-             if not (k == "shipped" and v in ("", "builtin"))}
+             if not (k == "shipped" and v in (None, "", "none", "builtin"))}
     return OmegaConf.merge(cfg, {"paths": paths})
 
 
