@@ -243,7 +243,7 @@ def _follow_many(running, every: float = 20.0) -> None:
             for line in _without_tracebacks(path, data[:cut].decode(errors="replace").splitlines(keepends=True)):
                 line = line.split("\r")[-1].strip()
                 if line:
-                    print(f"[{job.name}] {line}", flush=True)
+                    print(line if line.startswith(f"[{job.name}]") else f"[{job.name}] {line}", flush=True)
             if bar and time.time() - _last_shown.get(path, 0.0) >= every:
                 _last_shown[path] = time.time()
                 print(f"[{job.name}] {bar}", flush=True)
