@@ -97,3 +97,18 @@ def test_factor_distances_on_known_distributions():
     real = rng.integers(0, 12, 5000)
     assert domain.coverage(real, real, 12) == 1.0
     assert domain.coverage(np.full(100, 3), real, 12) == pytest.approx(1 / 12)
+
+
+
+def test_hue_spread_sees_a_shape_painted_in_two_colours():
+    """Renders paint a shape in one colour: their within-shape hue spread is about 0, whatever
+    the (dull) background. Half of each shape a third of the hue circle away (the validation's
+    "two-toned shapes") spreads it by about 1/6 turn; noise by far less."""
+    from benchmark.metrics import validation
+    data = Shapes(resolution=32, num_classes=8, variant="easy", size=64, split="test")
+    real, _ = data.render(np.arange(64))
+    sets = validation.broken_sets(data, 64)
+    assert domain.hue_spread(real).max() < 0.01
+    assert domain.hue_spread(sets["two hues"][0]).max() < 0.01              # one colour each, other hues
+    assert domain.hue_spread(sets["two-toned shapes"][0]).median() > 0.15
+    assert 0.005 < domain.hue_spread(sets["noisy"][0]).median() < 0.05

@@ -13,6 +13,10 @@ features encode class, colour, size and position). Its outputs:
 * ``shapes-roughness`` — a pixel statistic, not the network: each image's median absolute
   Laplacian (in [0, 1] pixel units). Renders are flat or linear between edges, so it is about 0
   for them and grows with grain; the CNN, trained to ignore slight noise, does not see grain.
+* ``shapes-hue-spread`` — a pixel statistic too: the circular standard deviation (turns) of the
+  hue over the shape's pixels (chroma above ``SHAPE_CHROMA``: the shape, not the dull
+  background). A shape is painted in one colour, so it is about 0 for renders and grows when a
+  sample's shape is mottled or two-toned; the CNN reads one hue per image and does not see it.
 
 Per factor, the predicted factors of the samples against those of the real reference images
 (the same network reads both, so its small reading errors cancel):
@@ -23,6 +27,7 @@ Per factor, the predicted factors of the samples against those of the real refer
 * ``factor_class_tv``    total variation between the predicted class distributions (0..1)
 * ``class_consistency`` share of samples read as the class they were generated for
 * ``roughness_w1`` Wasserstein-1 of the per-image roughness (grain, noise)
+* ``hue_spread_w1`` Wasserstein-1 of the per-image hue spread within the shape (turns)
 * ``factor_hue_coverage``, ``factor_size_coverage``, ``factor_position_coverage`` share of the real factor range the
   samples reach: of the bins (hue: 12 on the circle; size: 8; position: 4 x 4, over the real
   range) that hold real images, those where the samples put at least a quarter of the real share.
@@ -45,16 +50,19 @@ from benchmark.metrics.fidelity import UInt8Images, frechet_distance
 
 FEATURE_EXTRACTOR = "shapes-factors"
 FEATURES, LOGITS, FACTORS, ROUGHNESS = "shapes-features", "shapes-logits", "shapes-factors", "shapes-roughness"
+HUE_SPREAD = "shapes-hue-spread"
+SHAPE_CHROMA = 0.3   # easy variant: shapes have chroma >= 0.8 x 0.55, backgrounds <= 0.25 x 0.5
 
 KEY_CLASS_CONSISTENCY = "class_consistency"
 KEY_FD, KEY_KID, KEY_PRECISION, KEY_RECALL, KEY_IS = ("domain_fd", "domain_kid", "domain_precision", "domain_recall",
                                                       "domain_is")
 FACTOR_KEYS = ("factor_hue_w1", "factor_size_w1", "factor_position_w1", "factor_class_tv", "factor_hue_coverage", "factor_size_coverage", "factor_position_coverage",
-               "roughness_w1")
+               "roughness_w1", "hue_spread_w1")
 # Which way is better, for every metric a record holds (tables and validation read this).
 HIGHER_IS_BETTER = {KEY_CLASS_CONSISTENCY: True, KEY_FD: False, KEY_KID: False, KEY_PRECISION: True, KEY_RECALL: True,
                     KEY_IS: True, "factor_hue_w1": False, "factor_size_w1": False, "factor_position_w1": False, "factor_class_tv": False,
-                    "factor_hue_coverage": True, "factor_size_coverage": True, "factor_position_coverage": True, "roughness_w1": False}
+                    "factor_hue_coverage": True, "factor_size_coverage": True, "factor_position_coverage": True, "roughness_w1": False,
+                    "hue_spread_w1": False}
 METRICS = tuple(HIGHER_IS_BETTER)
 
 # torch-fidelity's defaults, fixed here so that the record can name them.
@@ -75,8 +83,8 @@ class ShapesFactorExtractor(FeatureExtractorBase):
         self.net = fac.load(feature_extractor_weights_path)
 
     @staticmethod
-    def get_provided_features_list() -> tuple[str, str, str, str]:
-        return FEATURES, LOGITS, FACTORS, ROUGHNESS
+    def get_provided_features_list() -> tuple[str, ...]:
+        return FEATURES, LOGITS, FACTORS, ROUGHNESS, HUE_SPREAD
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric: str) -> str:
@@ -97,7 +105,7 @@ class ShapesFactorExtractor(FeatureExtractorBase):
         f = self.net.features(images)
         logits = self.net.head(f)
         out = {FEATURES: f.double(), LOGITS: logits.double(), FACTORS: torch.cat([logits, self.net.regress(f)], 1).double(),
-               ROUGHNESS: roughness(images)[:, None].double()}
+               ROUGHNESS: roughness(images)[:, None].double(), HUE_SPREAD: hue_spread(images)[:, None].double()}
         return tuple(out[name] for name in self.features_list)
 
 
@@ -111,6 +119,22 @@ def roughness(images: torch.Tensor) -> torch.Tensor:
     return lap.abs().mean(1).flatten(1).median(1).values
 
 
+def hue_spread(images: torch.Tensor, min_pixels: int = 8) -> torch.Tensor:
+    """Per image (B,): the circular standard deviation, in turns, of the hue of the pixels whose
+    chroma (max - min channel, in [0, 1]) exceeds SHAPE_CHROMA, each weighted by its chroma; 0
+    for an image with fewer than ``min_pixels`` such pixels."""
+    x = (images.float() + 1) / 2
+    r, g, b = x.unbind(1)
+    chroma = x.amax(1) - x.amin(1)
+    angle = torch.atan2(3 ** 0.5 * (g - b), 2 * r - g - b)            # the hexagonal hue angle
+    w = chroma * (chroma > SHAPE_CHROMA)
+    total = w.flatten(1).sum(1)
+    mean = (w * torch.polar(torch.ones_like(angle), angle)).flatten(1).sum(1) / total.clamp_min(1e-12)
+    length = mean.abs().clamp(1e-12, 1.0)
+    spread = torch.sqrt(-2 * torch.log(length)) / (2 * torch.pi)
+    return torch.where((chroma > SHAPE_CHROMA).flatten(1).sum(1) >= min_pixels, spread, torch.zeros_like(spread))
+
+
 if FEATURE_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:   # torch-fidelity rejects a second registration
     register_feature_extractor(FEATURE_EXTRACTOR, ShapesFactorExtractor)
 
@@ -120,7 +144,7 @@ def extract_features(images: torch.Tensor, weights: str | Path, batch_size: int 
     """{feature name: (N, D)} of uint8 images (N, 3, H, W), by torch-fidelity's extractor loop."""
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
     cuda = device == "cuda"
-    extractor = create_feature_extractor(FEATURE_EXTRACTOR, [FEATURES, LOGITS, FACTORS, ROUGHNESS], cuda=cuda,
+    extractor = create_feature_extractor(FEATURE_EXTRACTOR, [FEATURES, LOGITS, FACTORS, ROUGHNESS, HUE_SPREAD], cuda=cuda,
                                          feature_extractor_weights_path=str(weights), verbose=False)
     return get_featuresdict_from_dataset(UInt8Images(images), extractor, batch_size, cuda, True, False)
 
@@ -206,6 +230,8 @@ def domain_metrics(samples: dict[str, torch.Tensor], reference: dict[str, torch.
     sample_factors = factors_of(samples)
     out.update(factor_metrics(sample_factors, factors_of(reference), num_classes or reference[LOGITS].shape[1]))
     out["roughness_w1"] = w1(samples[ROUGHNESS][:, 0].cpu().numpy(), reference[ROUGHNESS][:, 0].cpu().numpy())
+    if HUE_SPREAD in samples and HUE_SPREAD in reference:   # features cached before it existed have none
+        out["hue_spread_w1"] = w1(samples[HUE_SPREAD][:, 0].cpu().numpy(), reference[HUE_SPREAD][:, 0].cpu().numpy())
     if labels is not None:
         out[KEY_CLASS_CONSISTENCY] = float((sample_factors["label"] == labels.cpu().numpy()).mean())
     return {k: float(v) for k, v in out.items()}
@@ -218,7 +244,7 @@ def protocol(weights: Path, num_samples: int, num_reference: int) -> dict:
             "evaluator_weights": Path(weights).name,
             "evaluator_sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest(),
             "features": f"{FEATURES} (FD, KID, precision/recall), {LOGITS} (IS-like score), {FACTORS} (factor "
-                        f"metrics), {ROUGHNESS} (roughness_w1), float64",
+                        f"metrics), {ROUGHNESS} (roughness_w1), {HUE_SPREAD} (hue_spread_w1), float64",
             "factor_bins": {"hue": HUE_BINS, "size": SIZE_BINS, "position": f"{POSITION_BINS}x{POSITION_BINS}"},
             "isc_splits": ISC_SPLITS, "kid_subsets": KID_SUBSETS,
             "kid_subset_size": min(KID_SUBSET_SIZE, num_samples, num_reference),

@@ -2,7 +2,7 @@
 
 Each broken generator is built from real `shapes` renders, so exactly one thing is wrong with
 it: the scenes of the held-out "test" split re-rendered with every shape in one of two hues,
-at one size, or centred; the real images with shuffled conditioning labels; blurred; noisy; or
+at one size, centred, or two-toned (half the shape another hue); the real images with shuffled conditioning labels; blurred; noisy; or
 16 training images repeated (memorisation). Every set is scored against the real reference
 images like a generator's samples. A metric *catches* a breakage when it moves the bad way by
 more than ``MARGIN`` times its real-vs-real spread (the range over ``repeats`` disjoint real
@@ -34,6 +34,7 @@ CATCHES = {
     "labels shuffled": {"class_consistency": -1},
     "blurred": {"domain_fd": +1, "domain_kid": +1},
     "noisy": {"roughness_w1": +1},
+    "two-toned shapes": {"hue_spread_w1": +1},
     "16 images repeated": {"domain_recall": -1},
 }
 # breakage -> metrics that must stay within MARGIN spreads of the real-vs-real mean
@@ -44,6 +45,7 @@ KEEPS = {
     "labels shuffled": ("factor_hue_w1", "factor_size_w1", "factor_position_w1", "factor_class_tv", "domain_fd", "domain_recall"),
     "blurred": ("class_consistency", "factor_hue_w1"),
     "noisy": ("class_consistency", "factor_hue_w1", "factor_size_w1", "factor_position_w1"),
+    "two-toned shapes": ("class_consistency", "factor_size_w1", "factor_position_w1", "roughness_w1"),
     "16 images repeated": (),
 }
 
@@ -66,6 +68,15 @@ def broken_sets(data: Shapes, n: int, seed: int = 0) -> dict[str, tuple[torch.Te
                    seed=data.seed, split="train")
     memory, memory_labels = train.render(np.arange(16))
     size = float(np.median(scenes["size"]))
+    # half of each shape (split by a line through its centre, at a random angle) a third of the
+    # hue circle away: the mottled, two-coloured shapes a generator can make
+    other = rerender(hue=(scenes["hue"] + 1 / 3) % 1.0)
+    coords = (torch.arange(data.resolution, dtype=torch.float32) + 0.5) / data.resolution * 2 - 1
+    yy, xx = torch.meshgrid(-coords, coords, indexing="ij")
+    centre = torch.as_tensor(scenes["center"], dtype=torch.float32)
+    theta = torch.as_tensor(np.random.default_rng(seed + 1).uniform(0, 2 * np.pi, n), dtype=torch.float32)
+    side = ((xx - centre[:, 0, None, None]) * theta.cos()[:, None, None]
+            + (yy - centre[:, 1, None, None]) * theta.sin()[:, None, None]) > 0
     return {
         "two hues": (rerender(hue=np.where(idx % 2 == 0, 0.125, 0.625)), labels),   # two bin centres
         "one size": (rerender(size=np.full(n, size), center=scenes["center"] * (1 - size) / (1 - scenes["size"][:, None])),
@@ -75,6 +86,7 @@ def broken_sets(data: Shapes, n: int, seed: int = 0) -> dict[str, tuple[torch.Te
         "blurred": (gaussian_blur(real, torch.full((n,), 1.0 * data.resolution / 32)), labels),
         "noisy": ((real + 0.1 * torch.as_tensor(g.standard_normal(real.shape), dtype=torch.float32)).clamp(-1, 1),
                   labels),
+        "two-toned shapes": (torch.where(side[:, None], other, real), labels),
         "16 images repeated": (memory.repeat((n + 15) // 16, 1, 1, 1)[:n], memory_labels.repeat((n + 15) // 16)[:n]),
     }
 
