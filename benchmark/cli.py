@@ -101,9 +101,8 @@ def parser() -> argparse.ArgumentParser:
     add_run(sub)
     tok = sub.add_parser("train-tokenizer", help="train (or load) the tokenizer a method uses; cached")
     tok.add_argument("--method", default="flowar", help="the method whose tokenizer to train")
-    tok.add_argument("--ship", action="store_true",
-                     help="maintainers: train it here (never the shipped copy) and store it in benchmark/shipped/"
-                          "tokenizers/<key> with its provenance, to be committed")
+    tok.add_argument("--ship", action="store_true", help="maintainers: train it here and store it in "
+                     "benchmark/shipped/tokenizers/<key> with its provenance, to be committed")
     _common(tok)
     add_sample_and_evaluate(sub)
     add_reproduce(sub)
@@ -245,9 +244,7 @@ def cmd_train_tokenizer(args) -> int:
     lookup(METHODS, args.method)
     overrides = list(args.overrides) + (["paths.shipped=none"] if args.ship else [])
     out = stages.train_tokenizer(load_config(args.preset, overrides), args.method)
-    print((out / "tokenizer.json").read_text())
-    if args.ship:
-        print(f"shipped: {stages.ship_tokenizer(out)}")
+    print((out / "tokenizer.json").read_text() + (f"\nshipped: {stages.ship_tokenizer(out)}" if args.ship else ""))
     return 0
 
 
