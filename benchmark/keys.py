@@ -25,6 +25,16 @@ LATER_DEFAULTS = {"data": {"augment": "none", "augment_views": 0},
                   "eval": {"autocast": "off", "reference": "dataset"}}
 
 
+SHIPPED = Path(__file__).resolve().parent / "shipped"   # paths.shipped=builtin
+
+
+def shipped_dir(cfg: DictConfig) -> Path | None:
+    """The folder of tokenizers shipped with the suite (``paths.shipped``: builtin, a folder, or
+    none to always train)."""
+    where = cfg.paths.get("shipped", "builtin")
+    return None if where in (None, "", "none") else SHIPPED if where == "builtin" else Path(where)
+
+
 def plain(node, section: str | None = None) -> dict | list:
     out = OmegaConf.to_container(node, resolve=True)
     if section == "eval":

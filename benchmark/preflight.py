@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from benchmark.config import section
+from benchmark.keys import shipped_dir
 from methods.config import ConfigError
 from methods.registry import TOKENIZERS, build
 
@@ -35,9 +36,9 @@ def check_writable(cfg: DictConfig) -> None:
 
 def check_shipped(cfg: DictConfig) -> None:
     """paths.shipped, when a folder rather than builtin or none, exists."""
-    where = cfg.paths.get("shipped", "builtin")
-    if where not in (None, "", "none", "builtin") and not Path(where).is_dir():
-        raise ConfigError(f"paths.shipped={where} is not a folder; give a folder holding tokenizers/<key>/"
+    folder = shipped_dir(cfg)
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"paths.shipped={cfg.paths.shipped} is not a folder; give a folder holding tokenizers/<key>/"
                           "tokenizer.safetensors, paths.shipped=builtin (the suite's own) or paths.shipped=none "
                           "(always train)")
 

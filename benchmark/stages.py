@@ -24,7 +24,7 @@ from benchmark.build import build_dataset, build_method, build_tokenizer, load_t
 from benchmark.config import TrainConfig, section
 from benchmark.evaluation import evaluate_method, tokenizer_metrics
 from benchmark.io import atomic_write, save_tensors, write_text
-from benchmark.keys import RunKeys
+from benchmark.keys import SHIPPED, RunKeys, shipped_dir
 from benchmark.provenance import provenance
 from benchmark.trainer import Trainer
 from methods.checkpoints import load_safetensors
@@ -39,15 +39,6 @@ def tokenizer_train_config(tcfg) -> TrainConfig:
                        ema_rate=0.0, checkpoint_every=max(tcfg.steps // 4, 1), log_every=25, autocast="off")
 
 
-SHIPPED = Path(__file__).resolve().parent / "shipped"   # paths.shipped=builtin
-
-
-def shipped_dir(cfg: DictConfig) -> Path | None:
-    """The folder of tokenizers shipped with the suite (``paths.shipped``; none: always train)."""
-    where = cfg.paths.get("shipped", "builtin")
-    return None if where in (None, "", "none") else SHIPPED if where == "builtin" else Path(where)
-
-
 def shipped_tokenizer(cfg: DictConfig, key: str) -> Path | None:
     """``<shipped>/tokenizers/<key>`` when it holds a tokenizer of exactly this key (the same
     data and tokenizer settings: what training here would produce, trained once by the suite)."""
@@ -56,28 +47,23 @@ def shipped_tokenizer(cfg: DictConfig, key: str) -> Path | None:
     return entry if entry and (entry / "tokenizer.safetensors").exists() else None
 
 
-def copy_shipped(entry: Path, out: Path) -> Path:
-    """The shipped tokenizer copied into the cache (weights first: the json marks it complete)."""
-    data = (entry / "tokenizer.safetensors").read_bytes()
-    atomic_write(out / "tokenizer.safetensors", lambda tmp: tmp.write_bytes(data))
-    info = json.loads((entry / "tokenizer.json").read_text())
-    info["source"] = f"shipped: {entry}"
-    write_text(out / "tokenizer.json", json.dumps(info, indent=2))
-    return out
+def copy_tokenizer(src: Path, dst: Path, **info) -> Path:
+    """A tokenizer folder's weights and json copied, ``info`` added to the json (weights first:
+    the json marks the copy complete)."""
+    data = (src / "tokenizer.safetensors").read_bytes()
+    atomic_write(dst / "tokenizer.safetensors", lambda tmp: tmp.write_bytes(data))
+    write_text(dst / "tokenizer.json", json.dumps({**json.loads((src / "tokenizer.json").read_text()), **info},
+                                                  indent=2))
+    return dst
 
 
 def ship_tokenizer(trained: Path) -> Path:
     """A tokenizer trained here stored under ``benchmark/shipped/tokenizers/<key>`` with the
     code, packages, machine and command that made it (``train-tokenizer --ship``)."""
-    info = json.loads((trained / "tokenizer.json").read_text())
-    if str(info.get("source", "")).startswith("shipped"):
+    if str(json.loads((trained / "tokenizer.json").read_text()).get("source", "")).startswith("shipped"):
         raise ValueError(f"{trained} holds a copy of a shipped tokenizer, not one trained here; train into a fresh "
                          "cache (paths.cache=/tmp/fresh) to ship it")
-    entry = SHIPPED / "tokenizers" / trained.name
-    data = (trained / "tokenizer.safetensors").read_bytes()
-    atomic_write(entry / "tokenizer.safetensors", lambda tmp: tmp.write_bytes(data))
-    write_text(entry / "tokenizer.json", json.dumps({**info, "shipped": provenance()}, indent=2))
-    return entry
+    return copy_tokenizer(trained, SHIPPED / "tokenizers" / trained.name, shipped=provenance())
 
 
 def train_tokenizer(cfg: DictConfig, method: str) -> Path:
@@ -90,7 +76,7 @@ def train_tokenizer(cfg: DictConfig, method: str) -> Path:
     entry = shipped_tokenizer(cfg, keys.tokenizer_key)
     if entry is not None:
         if distributed.is_main():
-            copy_shipped(entry, out)
+            copy_tokenizer(entry, out, source=f"shipped: {entry}")
             print(f"tokenizer {keys.tokenizer_key}: the one shipped with the suite ({entry}); "
                   "paths.shipped=none trains it here instead", flush=True)
         distributed.barrier()

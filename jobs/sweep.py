@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark import distributed, results
 from benchmark.evaluation import finished_evaluation
-from benchmark.keys import tokenizer_key
+from benchmark.keys import shipped_dir, tokenizer_key
 from benchmark.stages import STAGES
 from methods.plugins import import_plugins
 
@@ -84,9 +84,9 @@ class Collect(submitit.helpers.Checkpointable):
 
 def absolute_paths(cfg: DictConfig) -> DictConfig:
     """Jobs may run in another working directory (a Slurm node): pin the paths."""
-    paths = {k: str(Path(v).resolve()) for k, v in OmegaConf.to_container(cfg.paths).items()
-             if not (k == "shipped" and v in (None, "", "none", "builtin"))}
-    return OmegaConf.merge(cfg, {"paths": paths})
+    paths = {k: str(Path(v).resolve()) for k, v in OmegaConf.to_container(cfg.paths).items() if k != "shipped"}
+    shipped = shipped_dir(cfg)
+    return OmegaConf.merge(cfg, {"paths": {**paths, "shipped": str(shipped.resolve()) if shipped else "none"}})
 
 
 def plan(configs: list[DictConfig], methods: list[str], seeds: list[int] | None,

@@ -99,7 +99,6 @@ def test_factor_distances_on_known_distributions():
     assert domain.coverage(np.full(100, 3), real, 12) == pytest.approx(1 / 12)
 
 
-
 def test_hue_spread_sees_a_shape_painted_in_two_colours():
     """Renders paint a shape in one colour: their within-shape hue spread is about 0, whatever
     the (dull) background. Half of each shape a third of the hue circle away (the validation's
