@@ -174,7 +174,7 @@ class JobsConfig:
     jobs/clusters/*.yaml set these (``--cluster NAME``)."""
     executor: str = "local"        # inline (this process) | local (submitit subprocesses) | slurm
     folder: str = ""               # sweeps' logs and job pickles; "" = <paths.runs>/sweeps
-    parallel: int = 1              # local: jobs at once
+    parallel: int = 1              # local: jobs at once (preparing and training; evaluations one at a time)
     timeout_min: int = 720         # per job; Slurm warns (SIGUSR2) 90 s before, the job checkpoints and requeues
     max_requeue: int = 3           # requeues after time-outs before giving up (preemptions don't count)
     # Slurm resources, per job of the array. One task per GPU (DDP); gpus_per_node=0: one CPU task.

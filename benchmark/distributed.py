@@ -7,6 +7,8 @@ and these helpers are no-ops. The stages use them; jobs/ only starts the process
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import zlib
 
 import torch
@@ -37,6 +39,13 @@ def setup() -> bool:
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend, init_method="env://")
     return True
+
+
+def take_sigint() -> None:
+    """Ctrl-C back for a job process started with SIGINT ignored: the local sweep starts
+    submitit's controller that way (jobs/executors.py), and its tasks inherit the setting."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _env_from_submitit() -> None:

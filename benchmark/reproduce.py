@@ -108,8 +108,10 @@ class ReproduceJob(submitit.helpers.Checkpointable):
         return f"reproduce/{self.table}/{self.row.slug}"
 
     def __call__(self) -> list[str]:
+        from benchmark import distributed
         from benchmark.metrics.fidelity import evaluate_folder
         from benchmark.sample import sample_to_folder
+        distributed.take_sigint()
         sample_to_folder(self.cfg, self.row.method, self.checkpoint_file, self.out, self.cfg.data.num_classes,
                          ema=self.cfg.eval.weights == "ema")
         record = evaluate_folder(self.out, self.reference, Path(self.weights), self.results,

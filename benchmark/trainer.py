@@ -46,6 +46,7 @@ class StoppedBySignal(RuntimeError):
 
 
 HELD_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+REPEAT_S = 1.0   # a held signal repeated within this many seconds is the same request
 
 
 class _Objective(nn.Module):
@@ -134,6 +135,7 @@ class Trainer:
         self.window = [0.0, 0]   # loss sum and count since the last logged entry (kept across a resume)
         self.objective: nn.Module = _Objective(model, batch_loss)
         self.held: int | None = None        # a signal received during a step, handled after it
+        self.held_at = 0.0
         self.signalled, self.previous = False, {}
 
     @property
@@ -251,9 +253,12 @@ class Trainer:
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     def hold(self, signum: int, frame) -> None:
-        if self.held is not None:   # asked twice: act now
+        # Asked twice: act now. The same signal again within a second is one request sent two
+        # ways (Ctrl-C reaches this process from the terminal and from the sweep's client).
+        if self.held is not None and not (signum == self.held and time.time() - self.held_at < REPEAT_S):
             self.deliver(signum)
-        self.held = signum
+        if self.held is None:
+            self.held, self.held_at = signum, time.time()
 
     def deliver(self, signum: int) -> None:
         """What would have happened without holding: the previous handler (submitit's requeue,

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -93,12 +94,13 @@ def dry_run(groups: list[Group], cfg: DictConfig) -> str:
 # -- local / inline -------------------------------------------------------------------
 def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print, save=lambda record: None) -> dict:
     """Groups in order; within a group up to ``jobs.parallel`` subprocesses at once (sharing
-    the cores). A job whose dependency failed is skipped (and says so). ``save(record)`` is
+    the cores; evaluations one at a time). A job whose dependency failed is skipped (and says so). ``save(record)`` is
     called as jobs start and end, so that `status` sees a sweep under way."""
     executor = submitit.LocalExecutor(folder=folder / "logs" / "%j", max_num_timeout=cfg.jobs.max_requeue)
     executor.update_parameters(timeout_min=cfg.jobs.timeout_min, **local_resources(cfg))
     record, failed, running = {"groups": []}, set(), []
-    with stopping_jobs_on_sigterm(lambda: [h for _, h in running], log):
+    with stopping_jobs_on_signals(lambda: [h for _, h in running], log,
+                                  lambda: _show(running, cfg.jobs.parallel, every=0.0)):
         _run_groups(groups, cfg, executor, record, failed, running, log, save)
     return record
 
@@ -112,26 +114,21 @@ def _run_groups(groups, cfg, executor, record, failed, running, log, save) -> No
                 failed.add(job.name)
                 log(f"[{job.name}] skipped: {job.needs} failed")
         pending = list(runnable)
+        # Evaluations one at a time: their throughput timings must have the machine to themselves.
+        parallel = 1 if group.name == "evaluate" else max(1, min(cfg.jobs.parallel, len(runnable)))
         while pending or running:
-            while pending and len(running) < cfg.jobs.parallel:
+            while pending and len(running) < parallel:
                 job = pending.pop(0)
-                if cfg.jobs.parallel > 1 and not job.cfg.threads:   # don't oversubscribe the cores
-                    job.cfg.threads = max(1, (os.cpu_count() or 1) // cfg.jobs.parallel)
-                running.append((job, executor.submit(job)))
+                if parallel > 1 and not job.cfg.threads:   # don't oversubscribe the cores
+                    job.cfg.threads = max(1, (os.cpu_count() or 1) // parallel)
+                running.append((job, submit_ignoring_sigint(executor, job)))
                 submitted.append(running[-1])
                 save({"groups": record["groups"] + [group_record(group, [h for _, h in submitted])]})
-            follow = running[0][1] if cfg.jobs.parallel == 1 else None
             time.sleep(0.5)
-            if follow is not None:
-                _follow(follow)
-            else:
-                _follow_many(running)
+            _show(running, parallel)
             for job, handle in list(running):
                 if handle.done():
-                    if follow is handle:
-                        _follow(handle)
-                    elif follow is None:
-                        _follow_many([(job, handle)], every=0.0)
+                    _show([(job, handle)], parallel, every=0.0)
                     running.remove((job, handle))
                     state, detail = job_state({"result": str(handle.paths.result_pickle),
                                                "stderr": str(handle.paths.stderr)}, "local")
@@ -144,31 +141,75 @@ def _run_groups(groups, cfg, executor, record, failed, running, log, save) -> No
 
 
 @contextlib.contextmanager
-def stopping_jobs_on_sigterm(handles, log):
-    """SIGTERM to this client (``kill PID``, ``timeout``) stops its local jobs as Ctrl-C does:
-    each job process gets SIGINT, which its trainer holds to the end of the step, checkpoints
-    and ends on; the client waits for them, then stops too (rerun the same command to resume)."""
+def stopping_jobs_on_signals(handles, log, show=lambda: None):
+    """Ctrl-C or SIGTERM to this client (``kill PID``, ``timeout``) stops its local jobs: each
+    job process gets SIGINT, which its trainer holds to the end of the step, checkpoints and
+    ends on; the client waits for them, then stops too (rerun the same command to resume).
+    submitit's controller process, started with SIGINT ignored (``submit_ignoring_sigint``),
+    leaves the job to end by itself instead of dying with a traceback and killing it a second
+    later. ``show()`` copies the jobs' output meanwhile."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def on_term(signum, frame):
+    def on_signal(signum, frame):
         active = [h for h in handles() if not h.done()]
-        log(f"SIGTERM: stopping {len(active)} job(s); each saves a checkpoint at the end of its step")
-        for handle in active:
-            try:
-                os.kill(int(handle.job_id), signal.SIGINT)
-            except (ProcessLookupError, ValueError):
-                pass
-        deadline = time.time() + 600
+        log(f"{signal.Signals(signum).name}: stopping {len(active)} job(s); each saves a checkpoint at the end "
+            "of its step")
+        signalled, deadline = set(), time.time() + 600
         while any(not h.done() for h in active) and time.time() < deadline:
+            for pid in {pid for h in active for pid in _children(int(h.job_id))} - signalled:
+                if not _ignores_sigint(pid):   # a job still starting up takes SIGINT back first
+                    _kill(pid, signal.SIGINT)
+                    signalled.add(pid)
             time.sleep(0.2)
+        show()
         raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def submit_ignoring_sigint(executor, job):
+    """``executor.submit(job)`` with SIGINT ignored meanwhile: the controller process submitit
+    starts inherits that, and so do its job processes, which take SIGINT back when they start
+    (``distributed.take_sigint``)."""
+    if threading.current_thread() is not threading.main_thread():
+        return executor.submit(job)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return executor.submit(job)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (a local job's controller: its tasks)."""
+    try:
+        path = Path(f"/proc/{pid}/task/{pid}/children")
+        return [int(c) for c in path.read_text().split()]
+    except OSError:   # no /proc (macOS)
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        return [int(c) for c in out.split()]
+
+
+def _ignores_sigint(pid: int) -> bool:
+    try:
+        ignored = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("SigIgn:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(ignored.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def local_resources(cfg: DictConfig) -> dict:
@@ -225,6 +266,15 @@ def _follow(handle) -> None:
 
 
 _last_shown: dict[Path, float] = {}
+
+
+def _show(running, parallel: int, every: float = 20.0) -> None:
+    """The running jobs' new output: as is for one job at a time, prefixed side by side."""
+    if parallel == 1:
+        for _, handle in running:
+            _follow(handle)
+    else:
+        _follow_many(running, every)
 
 
 def _follow_many(running, every: float = 20.0) -> None:

@@ -46,6 +46,7 @@ class Job(submitit.helpers.Checkpointable):
     def __call__(self) -> list[str]:
         """Runs the stages in order; returns the last stage's outputs (the records after
         `evaluate`, one per row) as strings."""
+        distributed.take_sigint()
         import_plugins(self.cfg.custom_imports)   # a plug-in method registers in this process too
         distributed.setup()
         if self.cfg.threads:

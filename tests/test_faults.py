@@ -101,7 +101,7 @@ def test_sigterm_to_a_local_sweep_stops_its_job_with_a_checkpoint(tmp_path):
         assert not alive, f"job {pid} still running after the client ended:\n{out}"
     ckpt = torch.load(next((tmp_path / "runs").glob("smoke/var-*/seed0/checkpoint-last.pt")), weights_only=True)
     assert 0 < ckpt["step"] < 100000 and client.returncode != 0
-    assert "stopping 1 job(s)" in out
+    assert "SIGTERM: stopping 1 job(s)" in out and "Traceback" not in out, out
 
 
 def test_sigterm_to_a_local_job_process_stops_it_with_a_checkpoint(tmp_path):
@@ -125,6 +125,54 @@ def test_sigterm_to_a_local_job_process_stops_it_with_a_checkpoint(tmp_path):
     ckpt = torch.load(next((tmp_path / "runs").glob("smoke/var-*/seed0/checkpoint-last.pt")), weights_only=True)
     assert 0 < ckpt["step"] < 100000 and client.returncode != 0
     assert "SIGTERM: stopped with a checkpoint at step" in out and "run the same command again" in out
+
+
+def test_ctrl_c_stops_a_local_sweep_quietly_and_the_rerun_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    """Ctrl-C in the terminal (SIGINT to the whole process group: the client, submitit's
+    controller and the job) mid-training: the job checkpoints at the end of its step, every
+    process ends, no traceback reaches the terminal; the same command again resumes and ends
+    with the weights, tensor for tensor, of a run never stopped."""
+    from methods.checkpoints import load_safetensors
+    steps = 600
+
+    def command(folder):
+        return [sys.executable, "-m", "benchmark", "run", "--methods", "var", "--preset", "smoke", "--executor",
+                "local", "--stages", "tokenizer", "latents", "train", f"train.steps={steps}",
+                "train.checkpoint_every=20", "train.log_every=1", f"paths.runs={folder / 'runs'}",
+                f"paths.cache={tmp_path / 'cache'}", f"paths.results={folder / 'results'}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    straight = subprocess.run(command(tmp_path / "a"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    client = subprocess.Popen(command(tmp_path / "b"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "b" / "runs").glob("smoke/var-*/seed0/checkpoint-last.pt")) and time.time() < deadline:
+        time.sleep(0.05)                                                 # the first periodic checkpoint: training runs
+    os.killpg(client.pid, signal.SIGINT)                                 # what the terminal does on Ctrl-C
+    out, _ = client.communicate(timeout=240)
+    assert client.returncode == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert "SIGINT: stopping 1 job(s)" in out and "run the same command again to resume" in out
+    deadline = time.time() + 30
+    while time.time() < deadline:                                        # the controller ends once its job has
+        try:
+            os.killpg(client.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"processes of the sweep still running after Ctrl-C:\n{out}")
+    run_b = next((tmp_path / "b" / "runs").glob("smoke/var-*/seed0"))
+    stopped_at = torch.load(run_b / "checkpoint-last.pt", weights_only=True)["step"]
+    assert 20 <= stopped_at < steps and not (run_b / "ema.safetensors").exists(), out
+    rerun = subprocess.run(command(tmp_path / "b"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    run_a = next((tmp_path / "a" / "runs").glob("smoke/var-*/seed0"))
+    assert run_a.name == run_b.name
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_safetensors(run_a / name), load_safetensors(run_b / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resuming at step {stopped_at}"
 
 
 FULL_DISK_WRITER = """

@@ -124,6 +124,37 @@ def test_signal_mid_step_checkpoints_at_that_step_then_resumes(tmp_path):
     assert [l for _, l in resumed] == pytest.approx([l for _, l in straight], rel=1e-6)
 
 
+def test_one_signal_sent_two_ways_is_one_request_and_a_later_repeat_acts_now(tmp_path, monkeypatch):
+    """Ctrl-C reaches a local job from the terminal and from the sweep's client at once: held
+    as one (checkpoint at the end of the step). Asked again later, it acts at once, mid-step."""
+    import signal
+
+    import benchmark.trainer as trainer_module
+
+    def requeue(signum, frame):
+        raise Preempted
+
+    def twice_at_step_4(step, g):
+        if step == 4:
+            signal.raise_signal(signal.SIGUSR1)
+            signal.raise_signal(signal.SIGUSR1)
+        return loss(step, g)
+
+    previous = signal.signal(signal.SIGUSR1, requeue)
+    try:
+        model, loss = regression()
+        with pytest.raises(Preempted):
+            Trainer(model, twice_at_step_4, CFG, tmp_path / "a").fit()
+        assert torch.load(tmp_path / "a" / "checkpoint-last.pt", weights_only=True)["step"] == 5
+        monkeypatch.setattr(trainer_module, "REPEAT_S", 0.0)   # the repeat comes "later"
+        model, loss = regression()
+        with pytest.raises(Preempted):
+            Trainer(model, twice_at_step_4, CFG, tmp_path / "b").fit()
+        assert torch.load(tmp_path / "b" / "checkpoint-last.pt", weights_only=True)["step"] == 3   # the periodic one
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def test_signal_in_the_last_step_is_not_lost(tmp_path):
     """A signal during the last backward pass: handed on after the final checkpoint."""
     import signal

@@ -179,9 +179,9 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 # The headline: what a reader compares first (label, column, digits are set by the spread).
-HEADLINE = [("class consistency ↑", "class_consistency"), ("hue W1 ↓", "factor_hue_w1"), ("domain FD ↓", "domain_fd"),
-            ("recall ↑", "domain_recall"), ("img/s", "throughput_img_s"), ("NFE", "nfe"),
-            ("GFLOPs/img", "gflops_per_image"), ("train images", "train_images")]
+HEADLINE = [("class consistency ↑", "class_consistency"), ("hue W1 ↓", "factor_hue_w1"),
+            ("hue spread W1 ↓", "hue_spread_w1"), ("domain FD ↓", "domain_fd"), ("recall ↑", "domain_recall"),
+            ("img/s", "throughput_img_s"), ("GFLOPs/img", "gflops_per_image"), ("train images", "train_images")]
 
 
 def mean_std(values: pd.Series) -> str:
@@ -303,8 +303,9 @@ def _rebuild(records_root: str | Path, out_dir: str | Path) -> pd.DataFrame:
     markdown = ("# Leaderboard\n\n## Headline\n\nMean ± std over seeds; ★ the configured settings (other "
                 "rows are sampler sweeps of the same weights). Quality on `shapes` is read by the factor "
                 "evaluator: class consistency, the Wasserstein-1 distance of the hue distribution to the real one "
-                "(turns), the Fréchet distance and recall in its feature space (not Inception metrics). img/s at "
-                "the evaluation batch; train images = steps x batch.\n\n"
+                "(turns) and of the hue spread within each shape (mottled, many-coloured shapes), the Fréchet "
+                "distance and recall in its feature space (not Inception metrics). img/s at the evaluation batch "
+                "(network evaluations per image in the sampling-cost table); train images = steps x batch.\n\n"
                 + markdown_table(headline(df))
                 + "\n## Every run\n\nOne row per run (method x config x seed); all columns in `leaderboard.csv`.\n\n"
                 + markdown_table(df.drop(columns=["run_dir", *cost]))
