@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import submitit
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from benchmark.io import write_text
 from jobs.status import FINISHED, job_state
@@ -119,8 +119,8 @@ def _run_groups(groups, cfg, executor, record, failed, running, log, save) -> No
         while pending or running:
             while pending and len(running) < parallel:
                 job = pending.pop(0)
-                if parallel > 1 and not job.cfg.threads:   # don't oversubscribe the cores
-                    job.cfg.threads = max(1, (os.cpu_count() or 1) // parallel)
+                if parallel > 1:
+                    share_cores(job, parallel)
                 running.append((job, submit_ignoring_sigint(executor, job)))
                 submitted.append(running[-1])
                 save({"groups": record["groups"] + [group_record(group, [h for _, h in submitted])]})
@@ -138,6 +138,14 @@ def _run_groups(groups, cfg, executor, record, failed, running, log, save) -> No
         record["groups"].append(group_record(group, [h for _, h in submitted],
                                              skipped=[j.name for j in group.jobs if j not in runnable]))
         save(record)
+
+
+def share_cores(job, parallel: int) -> None:
+    """``job`` runs beside ``parallel - 1`` others: its share of the cores (unless ``threads`` is
+    set), on its own copy of the config, since a seed's train and evaluate jobs share one and
+    evaluations, one at a time, get every core."""
+    if not job.cfg.threads:
+        job.cfg = OmegaConf.merge(job.cfg, {"threads": max(1, (os.cpu_count() or 1) // parallel)})
 
 
 @contextlib.contextmanager

@@ -2,10 +2,12 @@
 handling, and records written by many processes at once."""
 import json
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from benchmark import results
 from benchmark.cli import main
@@ -133,3 +135,17 @@ def test_jobs_side_by_side_show_their_lines_and_latest_progress(tmp_path, capsys
         f.write("\rbar 100%\nTraceback (most recent call last):\n  File x\nValueError: bad\ndone\n")
     executors._follow_many(handles[:1], every=3600.0)
     assert capsys.readouterr().out.splitlines() == ["[tok-a] bar 100%", "[tok-a] done"]
+
+
+def test_jobs_side_by_side_share_the_cores_on_their_own_config_copy():
+    """A seed's train and evaluate jobs share one config: the train job's share of the cores
+    must not leave its evaluation (one at a time, every core) on one thread."""
+    groups = plan([load_config("tiny")], ["flowar", "var"], None)
+    train, evaluate = groups[1].jobs[0], groups[2].jobs[0]
+    assert train.cfg is evaluate.cfg
+    executors.share_cores(train, 2)
+    assert train.cfg.threads == max(1, (os.cpu_count() or 1) // 2) and evaluate.cfg.threads == 0
+    pinned = groups[1].jobs[1]
+    pinned.cfg = OmegaConf.merge(pinned.cfg, {"threads": 3})
+    executors.share_cores(pinned, 2)
+    assert pinned.cfg.threads == 3                                      # a user's setting stays
