@@ -16,13 +16,14 @@ from benchmark.io import locked, atomic_write, write_text
 
 ID_COLUMNS = ["method", "preset", "dataset", "resolution", "scales", "sampler", "seed", "config_hash"]
 SORT_COLUMNS = ["dataset", "resolution", "method", "seed"]
-MAIN_METRICS = ["class_consistency", "factor_hue_w1", "factor_size_w1", "factor_position_w1", "factor_hue_coverage", "domain_fd", "domain_kid",
-                "domain_precision", "domain_recall", "throughput_img_s"]
+MAIN_METRICS = ["class_consistency", "factor_hue_w1", "factor_size_w1", "factor_position_w1", "factor_hue_coverage",
+                "hue_spread_w1", "domain_fd", "domain_kid", "domain_precision", "domain_recall", "throughput_img_s"]
 METRIC_DIRECTION = {"class_consistency": "higher is better", "domain_fd": "lower is better",
                     "domain_is": "higher is better", "domain_kid": "lower is better",
                     "domain_precision": "higher is better", "domain_recall": "higher is better",
                     "factor_hue_w1": "lower is better", "factor_size_w1": "lower is better", "factor_position_w1": "lower is better",
-                    "factor_hue_coverage": "higher is better", "throughput_img_s": "higher is better"}
+                    "factor_hue_coverage": "higher is better", "hue_spread_w1": "lower is better",
+                    "throughput_img_s": "higher is better"}
 # The sampling-cost columns (benchmark/speed.py), shown as their own table in leaderboard.md.
 COST_COLUMNS = ["throughput_img_s", "throughput_bs1_img_s", "latency_ms_per_image", "latency_bs1_ms", "nfe",
                 "gflops_per_image", "gflops_decode_per_image", "params_m", "peak_memory_mb", "device", "dtype"]
