@@ -94,8 +94,8 @@ def dry_run(groups: list[Group], cfg: DictConfig) -> str:
 # -- local / inline -------------------------------------------------------------------
 def run_local(groups: list[Group], cfg: DictConfig, folder: Path, log=print, save=lambda record: None) -> dict:
     """Groups in order; within a group up to ``jobs.parallel`` subprocesses at once (sharing
-    the cores; evaluations one at a time). A job whose dependency failed is skipped (and says so). ``save(record)`` is
-    called as jobs start and end, so that `status` sees a sweep under way."""
+    the cores; evaluations one at a time). A job whose dependency failed is skipped (and says
+    so). ``save(record)`` is called as jobs start and end, so that `status` sees a sweep under way."""
     executor = submitit.LocalExecutor(folder=folder / "logs" / "%j", max_num_timeout=cfg.jobs.max_requeue)
     executor.update_parameters(timeout_min=cfg.jobs.timeout_min, **local_resources(cfg))
     record, failed, running = {"groups": []}, set(), []
@@ -200,7 +200,10 @@ def _children(pid: int) -> list[int]:
         path = Path(f"/proc/{pid}/task/{pid}/children")
         return [int(c) for c in path.read_text().split()]
     except OSError:   # no /proc (macOS)
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        try:
+            out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        except OSError:   # no pgrep either: nothing to signal, the client only waits
+            return []
         return [int(c) for c in out.split()]
 
 
