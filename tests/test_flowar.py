@@ -124,3 +124,21 @@ def test_one_seed_one_noise_at_any_cfg():
     a = m.generate(labels, gens(), cfg=1.0)
     b = m.generate(labels, gens(), cfg=1.0001)
     assert torch.allclose(a, b, atol=1e-2)
+
+
+def test_rope_tables_equal_the_rotation_scale_by_scale():
+    """One cached table over the concatenated scales gives, bit for bit, each scale's own
+    rotation (x cos + rotate_pairs(x) sin at that grid's angles); new frequencies rebuild it."""
+    from methods.layers.rope import RoPE2d, rotate_pairs
+    rope, segments = RoPE2d(8, 16), [1, 4, 16]
+    x = torch.randn(2, 3, 21, 16)
+    out, start = rope(x, segments), 0
+    for n in segments:
+        a, xs = rope.angles(int(n ** 0.5), x.device), x[:, :, start:start + n]
+        assert torch.equal(out[:, :, start:start + n], xs * a.cos() + rotate_pairs(xs) * a.sin())
+        start += n
+    rope.load_state_dict({"freqs": rope.freqs * 2})
+    a = rope.angles(4, x.device)
+    assert torch.equal(rope(x[:, :, 5:]), x[:, :, 5:] * a.cos() + rotate_pairs(x[:, :, 5:]) * a.sin())
+    with pytest.raises(ValueError, match="square grids"):
+        rope(x, [1, 20])

@@ -24,6 +24,7 @@ class RoPE2d(nn.Module):
         super().__init__()
         self.reference_size = reference_size
         self.register_buffer("freqs", 1.0 / theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
+        self._tables: dict = {}  # (segments, device, dtype, ...) -> (cos, signed sin)
 
     def angles(self, side: int, device: torch.device) -> torch.Tensor:
         """Rotation angles (side * side, head_dim) for a row-major side x side grid."""
@@ -33,17 +34,27 @@ class RoPE2d(nn.Module):
         cols = f[None, :, :].expand(side, side, -1)
         return torch.cat([rows, cols], dim=-1).reshape(side * side, -1)
 
+    def tables(self, segments: tuple[int, ...], device: torch.device, dtype: torch.dtype):
+        """cos and sign-folded sin (N, head_dim) of the concatenated grids, built once per
+        segment list: every block and every step of training reuses them."""
+        # Tables made under inference_mode cannot be saved for backward: keyed apart.
+        key = (segments, device, dtype, self.freqs._version, torch.is_inference_mode_enabled())
+        if key not in self._tables:
+            grids = []
+            for n in segments:
+                side = int(round(n ** 0.5))
+                if side * side != n:
+                    raise ValueError(f"RoPE2d needs square grids of tokens; got a segment of {n} tokens")
+                grids.append(self.angles(side, device))
+            a = torch.cat(grids)
+            # rotate_pairs(x) * sin == swap_pairs(x) * (sin with even channels negated): exact.
+            sign = torch.tensor([-1.0, 1.0], device=device).repeat(a.shape[-1] // 2)
+            self._tables[key] = (a.cos().to(dtype), (a.sin() * sign).to(dtype))
+        return self._tables[key]
+
     def forward(self, x: torch.Tensor, segments: list[int] | None = None) -> torch.Tensor:
         """Rotate x (B, heads, N, head_dim). ``segments`` splits N into square grids (one per
         scale), each rotated by its own grid positions; by default N is one grid."""
-        segments = segments or [x.shape[2]]
-        parts, start = [], 0
-        for n in segments:
-            side = int(round(n ** 0.5))
-            if side * side != n:
-                raise ValueError(f"RoPE2d needs square grids of tokens; got a segment of {n} tokens")
-            a = self.angles(side, x.device)
-            xs = x[:, :, start:start + n]
-            parts.append(xs * a.cos().to(x.dtype) + rotate_pairs(xs) * a.sin().to(x.dtype))
-            start += n
-        return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+        cos, sin = self.tables(tuple(segments or [x.shape[2]]), x.device, x.dtype)
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+        return x * cos + swapped * sin
