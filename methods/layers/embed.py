@@ -5,8 +5,8 @@ from torch import nn
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation (DiT): normalised x scaled by (1 + scale) and shifted."""
-    return x * (1 + scale) + shift
+    """adaLN modulation (DiT): normalised x scaled by (1 + scale) and shifted (one fused pass)."""
+    return torch.addcmul(shift, x, 1 + scale)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
