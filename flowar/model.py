@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from methods.base import MethodConfig, SamplerConfig
 from methods.config import ConfigError, check_positive, check_range
-from methods.layers import Attention, CrossAttention, GatedMLP, RMSNorm, TimestepEmbedder, modulate
+from methods.layers import Attention, CrossAttention, GatedMLP, RMSNorm, TimestepEmbedder, gated_residual, modulate
 from methods.scales import block_causal_mask, doubling_scales, token_offsets
 
 
@@ -102,8 +102,8 @@ class ARBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None, segments: list[int]) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond).view(-1, 1, 6, self.dim).unbind(2)
-        x = x + self.attn(modulate(self.norm1(x), shift1, scale1), mask, segments) * gamma1
-        return x + self.mlp(modulate(self.norm2(x), shift2, scale2)) * gamma2
+        x = gated_residual(x, self.attn(modulate(self.norm1(x), shift1, scale1), mask, segments), gamma1)
+        return gated_residual(x, self.mlp(modulate(self.norm2(x), shift2, scale2)), gamma2)
 
 
 class FlowBlock(nn.Module):
@@ -122,8 +122,8 @@ class FlowBlock(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, semantics: torch.Tensor) -> torch.Tensor:
         B, N, _ = c.shape
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(F.silu(t + c)).view(B, N, 6, self.dim).unbind(2)
-        x = x + self.attn(modulate(self.norm1(x), shift1, scale1)) * gamma1
-        return x + self.mlp(modulate(self.norm2(x), shift2, scale2)) * gamma2
+        x = gated_residual(x, self.attn(modulate(self.norm1(x), shift1, scale1)), gamma1)
+        return gated_residual(x, self.mlp(modulate(self.norm2(x), shift2, scale2)), gamma2)
 
 
 class FlowCrossBlock(nn.Module):
@@ -147,9 +147,9 @@ class FlowCrossBlock(nn.Module):
         B, N, _ = c.shape
         gamma1, scale1, shift1 = self.ada_lin_attn(F.silu(t)).view(B, 1, 3, self.dim).unbind(2)
         gamma2, scale2, shift2 = self.ada_lin_mlp(F.silu(c + t)).view(B, N, 3, self.dim).unbind(2)
-        x = x + self.attn(modulate(self.norm1(x), shift1, scale1)) * gamma1
+        x = gated_residual(x, self.attn(modulate(self.norm1(x), shift1, scale1)), gamma1)
         x = x + self.crossattn(self.norm2_1(x), self.norm2_2(semantics))
-        return x + self.mlp(modulate(self.norm3(x), shift2, scale2)) * gamma2
+        return gated_residual(x, self.mlp(modulate(self.norm3(x), shift2, scale2)), gamma2)
 
 
 class FlowFinalLayer(nn.Module):

@@ -2,9 +2,9 @@
 gated MLPs, adaLN modulation, the VAR-family adaLN block and timestep embeddings. Written once, composed by the models."""
 from methods.layers.adaln import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin, init_adaln_transformer
 from methods.layers.attention import Attention, CrossAttention
-from methods.layers.embed import TimestepEmbedder, modulate
+from methods.layers.embed import TimestepEmbedder, gated_residual, modulate
 from methods.layers.mlp import MLP, GatedMLP
 from methods.layers.norm import RMSNorm
 from methods.layers.rope import RoPE2d
 
-__all__ = ["AdaLNBeforeHead", "AdaLNSelfAttn", "SharedAdaLin", "init_adaln_transformer", "MLP", "Attention", "CrossAttention", "GatedMLP", "RMSNorm", "RoPE2d", "TimestepEmbedder", "modulate"]
+__all__ = ["AdaLNBeforeHead", "AdaLNSelfAttn", "SharedAdaLin", "init_adaln_transformer", "MLP", "Attention", "CrossAttention", "GatedMLP", "RMSNorm", "RoPE2d", "TimestepEmbedder", "gated_residual", "modulate"]

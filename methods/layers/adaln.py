@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from methods.layers.attention import Attention
-from methods.layers.embed import modulate
+from methods.layers.embed import gated_residual, modulate
 from methods.layers.mlp import MLP
 
 
@@ -57,8 +57,13 @@ class AdaLNSelfAttn(nn.Module):
         """``cond``: the class embedding (B, D), or the shared projection (B, 1, 6, C) under ``shared_aln``."""
         ada = self.ada_gss + cond if self.shared_aln else self.ada_lin(cond).view(-1, 1, 6, self.dim)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada.unbind(2)
-        x = x + drop_path(self.attn(modulate(self.ln_wo_grad(x), shift1, scale1), mask) * gamma1, self.drop_path, self.training)
-        return x + drop_path(self.ffn(modulate(self.ln_wo_grad(x), shift2, scale2)) * gamma2, self.drop_path, self.training)
+        x = self.residual(x, self.attn(modulate(self.ln_wo_grad(x), shift1, scale1), mask), gamma1)
+        return self.residual(x, self.ffn(modulate(self.ln_wo_grad(x), shift2, scale2)), gamma2)
+
+    def residual(self, x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        if self.drop_path and self.training:
+            return x + drop_path(branch * gamma, self.drop_path, True)
+        return gated_residual(x, branch, gamma)
 
 
 class AdaLNBeforeHead(nn.Module):

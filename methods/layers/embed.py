@@ -9,6 +9,11 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift, x, 1 + scale)
 
 
+def gated_residual(x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """x + branch * gamma (adaLN's gated residual) in one fused pass."""
+    return torch.addcmul(x, branch, gamma)
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding (N,) -> (N, dim), cosines first, after GLIDE
     (https://github.com/openai/glide-text2im/blob/main/glide_text2im/nn.py)."""
