@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark {run,status,collect,list,train-tokenizer,sample,evaluate,prefetch}``.
+"""Command line: ``python -m benchmark COMMAND`` (``--help`` lists them all).
 
     python -m benchmark run --methods flowar                      # tiny preset, CPU friendly
     python -m benchmark run --methods flowar --preset smoke train.steps=50
